@@ -1,0 +1,41 @@
+# The two commands: `make run` (the whole system) and `make test` (the full suite).
+# Both install what they need on a fresh Debian machine: apt packages (as root), a venv, pip.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTHON ?= python3
+APT_PACKAGES := postgresql redis-server rabbitmq-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps venv token lint bench clean
+
+run: deps venv ## start Postgres, Redis, RabbitMQ and the four services; Ctrl-C stops them all
+	$(VENV)/bin/chat-devstack run
+
+test: deps venv ## the full test suite (starts its own private servers)
+	$(PY) -m pytest
+
+deps: ## Debian packages for the three servers (skipped when they are there)
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+token: venv ## print a development token: make token USER=alice
+	@$(VENV)/bin/chat-dev-token $(USER)
+
+clean:
+	rm -rf .state $(VENV) *.egg-info

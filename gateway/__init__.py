@@ -1,0 +1,1 @@
+"""The WebSocket gateway: authenticates users, publishes their commands, delivers their events."""

@@ -1,0 +1,107 @@
+"""The gateway app: WebSocket at / and /ws, deliveries in from its own queue, leases in Redis.
+
+Shutdown order (on SIGTERM): not ready -> no new sockets -> publish pending commands ->
+close sockets with 1001 -> stop consuming deliveries -> drop leases -> close broker and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.abc import AbstractConnection
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from shared import envelope, log as logging, topology
+from shared.amqp import Broker, Poison
+from shared.auth import TokenVerifier
+from shared.ops import access_log, add_routes
+from shared.registry import REFRESH_SECONDS, Registry, redis_client
+from shared.settings import Settings
+
+from .hub import Hub
+from .publisher import CommandPublisher
+from .state import GATEWAY, Gateway
+from .ws import websocket
+
+log = logging.get(__name__)
+PREFETCH = 64
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[access_log])
+    readiness = add_routes(app, "gateway")
+    redis = redis_client(settings.redis_url or "")
+    hub = Hub()
+
+    async def deliver(body: bytes) -> None:
+        try:
+            batch = envelope.decode(envelope.Deliveries, body)
+        except envelope.EnvelopeError as exc:
+            raise Poison(str(exc)) from None
+        for item in batch.items:
+            for conn in hub.targets(item.users, item.conn):
+                conn.push(item.frame)
+
+    async def setup(connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        await topology.declare_commands(channel, settings.partitions)
+        queue = await topology.declare_gateway_queue(channel, settings.instance_id)
+        await broker.add_worker(queue, deliver)
+
+    broker = Broker(settings.amqp_url or "", name=f"gateway:{settings.instance_id}", setup=setup)
+    assert settings.jwt is not None
+    gw = Gateway(
+        settings=settings, readiness=readiness, verifier=TokenVerifier(settings.jwt), redis=redis,
+        registry=Registry(redis), broker=broker, publisher=CommandPublisher(broker, settings.partitions), hub=hub,
+    )
+    app[GATEWAY] = gw
+
+    async def refresh_leases() -> None:
+        """Renew every local connection's lease; after a failure (e.g. Redis restarted) retry soon."""
+        while True:
+            try:
+                await asyncio.wait_for(gw.registry.register(settings.instance_id, hub.pairs()), 5)
+                delay = REFRESH_SECONDS
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("lease_refresh_failed", error=exc.__class__.__name__)
+                delay = 1.0
+            await asyncio.sleep(delay)
+
+    async def resources(app: web.Application):  # type: ignore[no-untyped-def]
+        broker.start()
+        gw.publisher.start()
+        refresher = asyncio.create_task(refresh_leases(), name="lease-refresher")
+        yield
+        refresher.cancel()
+        try:
+            await refresher
+        except asyncio.CancelledError:
+            pass
+        await broker.stop_consuming()
+        try:
+            await asyncio.wait_for(gw.registry.unregister(settings.instance_id, hub.pairs()), 2)
+        except (RedisError, OSError, asyncio.TimeoutError):
+            pass
+        await broker.close()
+        await redis.aclose()
+        await gw.verifier.close()
+
+    async def shutdown(app: web.Application) -> None:
+        readiness.draining = True
+        await gw.publisher.close()  # what users sent before shutdown still reaches the writer
+        await hub.close_all()  # 1001 going away
+
+    async def broker_ready() -> bool:
+        return broker.ready
+
+    async def redis_ready() -> bool:
+        return bool(await redis.ping())
+
+    readiness.checks.update(broker=broker_ready, redis=redis_ready)
+    app.on_shutdown.append(shutdown)
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/", websocket)
+    app.router.add_get("/ws", websocket)
+    return app

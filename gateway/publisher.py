@@ -1,0 +1,94 @@
+"""Micro-batching of commands toward the writer.
+
+Every command from every socket joins the pending list; a single flusher task wakes, waits a
+millisecond or two for company, groups what it has by partition and publishes one confirmed
+AMQP message per partition. One flush at a time keeps each connection's commands in the order
+they arrived. When the broker cannot take a batch, each of its commands' ``on_fail`` runs, so
+the client hears ``unavailable`` instead of silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+
+import prometheus_client
+
+from shared import envelope, log as logging, topology
+from shared.amqp import Broker, Unavailable
+from shared.envelope import Command, Commands
+
+log = logging.get(__name__)
+FailureCallback = Callable[[str], None]
+
+FLUSH_SIZE = prometheus_client.Histogram("chat_gateway_flush_commands", "Commands per flush",
+                                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+PUBLISH_FAILED = prometheus_client.Counter("chat_gateway_commands_unavailable_total",
+                                           "Commands the broker could not take")
+
+
+class CommandPublisher:
+    def __init__(self, broker: Broker, partitions: int, *, linger: float = 0.002, max_batch: int = 1000) -> None:
+        self.broker = broker
+        self.partitions = partitions
+        self.linger = linger
+        self.max_batch = max_batch
+        self._pending: list[tuple[Command, FailureCallback | None]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="command-publisher")
+
+    def submit(self, command: Command, on_fail: FailureCallback | None = None) -> None:
+        self._pending.append((command, on_fail))
+        self._idle.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.linger)
+            self._wake.clear()
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            if self._pending:
+                self._wake.set()
+            await self._flush(batch)
+            if not self._pending:
+                self._idle.set()
+
+    async def _flush(self, batch: list[tuple[Command, FailureCallback | None]]) -> None:
+        grouped: dict[int, list[tuple[Command, FailureCallback | None]]] = defaultdict(list)
+        for item in batch:
+            grouped[topology.partition(item[0].conversation_id, self.partitions)].append(item)
+        FLUSH_SIZE.observe(len(batch))
+
+        async def one(p: int, items: list[tuple[Command, FailureCallback | None]]) -> None:
+            body = envelope.encode(Commands(items=[c for c, _ in items]))
+            try:
+                await self.broker.publish(topology.COMMANDS, str(p), body)
+            except Unavailable as exc:
+                PUBLISH_FAILED.inc(len(items))
+                log.warning("commands_unavailable", partition=p, commands=len(items), error=str(exc))
+                for _, on_fail in items:
+                    if on_fail is not None:
+                        on_fail(str(exc))
+
+        await asyncio.gather(*(one(p, items) for p, items in grouped.items()))
+
+    async def close(self) -> None:
+        """Publish what is pending (bounded), then stop the flusher."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), 10)
+        except asyncio.TimeoutError:
+            log.warning("commands_dropped_at_shutdown", commands=len(self._pending))
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,32 @@
+"""The gateway's app state, held under one typed AppKey."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from shared.amqp import Broker
+from shared.auth import TokenVerifier
+from shared.ops import Readiness
+from shared.registry import Registry
+from shared.settings import Settings
+
+from .hub import Hub
+from .publisher import CommandPublisher
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    readiness: Readiness
+    verifier: TokenVerifier
+    redis: Redis
+    registry: Registry
+    broker: Broker
+    publisher: CommandPublisher
+    hub: Hub
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,1 @@
+"""The notifier: pushes stored events to the gateway instances holding the recipients."""

@@ -1,0 +1,81 @@
+"""Delivery planning: which frame goes to which gateway instance, for which users. Pure.
+
+``plan`` turns a batch of events into at most one Deliveries batch per gateway instance.
+A ``None`` instance means broadcast (every gateway, used while the registry is not trusted).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from shared import frames
+from shared.envelope import (
+    CommandRejected,
+    ConversationCreated,
+    Delivery,
+    Event,
+    MessageStored,
+    ReadUpdated,
+    TypingStarted,
+)
+
+BROADCAST: None = None
+
+
+def recipients(event: Event) -> list[tuple[str, list[str]]]:
+    """The frames an event produces, each with the users who get it."""
+    if isinstance(event, MessageStored):
+        frame = frames.new_message(
+            message_id=event.message_id, temp_message_id=event.temp_message_id,
+            conversation_id=event.conversation_id, sender_id=event.sender_id, content=event.content,
+            sent_at=event.sent_at, seq=event.seq,
+        )
+        return [(frame, event.participants)]
+    if isinstance(event, ReadUpdated):
+        others = [u for u in event.participants if u != event.user_id]
+        own = frames.read_messages(conversation_id=event.conversation_id, user_id=event.user_id,
+                                   last_read_seq=event.last_read_seq)
+        receipt = frames.read_receipt(conversation_id=event.conversation_id, user_id=event.user_id,
+                                      last_read_seq=event.last_read_seq)
+        return [(own, [event.user_id]), (receipt, others)]
+    if isinstance(event, TypingStarted):
+        return [(frames.typing(conversation_id=event.conversation_id, user_id=event.user_id),
+                 [u for u in event.participants if u != event.user_id])]
+    if isinstance(event, ConversationCreated):
+        return [(frames.conversation_created(conversation_id=event.conversation_id, title=event.title,
+                                             is_group=event.is_group, participant_ids=event.participants),
+                 event.participants)]
+    return []
+
+
+def users_of(events: list[Event]) -> list[str]:
+    """Every user whose connections must be looked up for ``events``, once each."""
+    seen: dict[str, None] = {}
+    for event in events:
+        for _, users in recipients(event):
+            seen.update(dict.fromkeys(users))
+    return list(seen)
+
+
+def plan(events: list[Event], located: dict[str, set[str]], trusted: bool) -> dict[str | None, list[Delivery]]:
+    """Group the frames of ``events`` by gateway instance, keeping event order within each."""
+    out: dict[str | None, list[Delivery]] = defaultdict(list)
+    for event in events:
+        if isinstance(event, CommandRejected):
+            frame = frames.error(event.code, event.message, action=event.action,
+                                 temp_message_id=event.temp_message_id)
+            out[event.origin.instance].append(Delivery(frame=frame, users=[], conn=event.origin.conn))
+            continue
+        for frame, users in recipients(event):
+            if not users:
+                continue
+            if not trusted:
+                out[BROADCAST].append(Delivery(frame=frame, users=list(users)))
+                continue
+            per_instance: dict[str, list[str]] = defaultdict(list)
+            for user in users:
+                for instance in sorted(located.get(user, ())):
+                    per_instance[instance].append(user)
+            for instance, instance_users in per_instance.items():
+                out[instance].append(Delivery(frame=frame, users=instance_users))
+    return dict(out)

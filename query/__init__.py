@@ -1,0 +1,1 @@
+"""The query service: PageNow's REST reads and conversation creation."""

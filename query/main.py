@@ -1,0 +1,9 @@
+from shared.service import serve, settings_or_exit
+from shared.settings import load
+
+
+def main() -> None:
+    settings = settings_or_exit("chat-query", lambda: load("query", database=True, amqp=True, jwt=True))
+    from .app import create_app
+
+    serve(create_app(settings), settings)

@@ -1,0 +1,1 @@
+"""Pieces every service shares: settings, logging, auth, the envelope, topology and registry."""

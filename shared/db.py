@@ -1,0 +1,90 @@
+"""A Postgres pool that tolerates a database that is down at start or restarts later."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from . import log as logging
+
+log = logging.get(__name__)
+
+# Errors after which retrying the same unit of work later may succeed.
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.UniqueViolationError,
+)
+
+
+class DatabaseUnavailable(Exception):
+    pass
+
+
+class Database:
+    """Creates the pool in the background, retrying until the database answers."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.command_timeout = command_timeout
+        self.pool: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect(), name="db-connect")
+
+    async def _connect(self) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                self.pool = await asyncpg.create_pool(
+                    self.dsn, min_size=self.min_size, max_size=self.max_size,
+                    command_timeout=self.command_timeout, timeout=5,
+                    # no prepared-statement cache: safe behind pgbouncer in transaction mode (asyncpg #198)
+                    statement_cache_size=0,
+                )
+                self.connected.set()
+                log.info("db_connected")
+                return
+            except TRANSIENT as exc:
+                log.warning("db_connect_failed", error=exc.__class__.__name__, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def acquire(self) -> asyncpg.pool.PoolAcquireContext:
+        if self.pool is None:
+            raise DatabaseUnavailable("database not connected")
+        return self.pool.acquire(timeout=5)
+
+    async def ping(self) -> bool:
+        if self.pool is None:
+            return False
+        async with self.pool.acquire(timeout=2) as conn:
+            return await conn.fetchval("SELECT 1", timeout=2) == 1
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.pool is not None:
+            try:
+                await asyncio.wait_for(self.pool.close(), 10)
+            except asyncio.TimeoutError:
+                self.pool.terminate()
+            self.pool = None

@@ -1,0 +1,366 @@
+"""Private Postgres, Redis and RabbitMQ servers as plain processes, for ``make run`` and the tests.
+
+Each server lives in a state folder of its own, on non-default ports, so it never touches a
+system server. Every server started here is stopped by its own pid or stop command.
+
+``chat-devstack run`` (what ``make run`` calls) starts the three servers, applies the schema,
+starts the four services, prints where to connect, and on Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+RABBIT_SERVER = "/usr/sbin/rabbitmq-server"
+RABBITMQCTL = "/usr/sbin/rabbitmqctl"
+IS_ROOT = os.geteuid() == 0
+
+
+def _pg_bin(name: str) -> str:
+    for directory in PG_BIN_DIRS:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install postgresql (make deps)")
+    return found
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+def _as_user(user: str) -> list[str]:
+    return ["runuser", "-u", user, "--"] if IS_ROOT else []
+
+
+def _chown(path: Path, user: str) -> None:
+    if IS_ROOT:
+        entry = pwd.getpwnam(user)
+        for root, dirs, files in os.walk(path):
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            for name in files:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class Postgres:
+    state: Path
+    port: int
+    fsync: bool = True
+
+    @property
+    def data(self) -> Path:
+        return self.state / "data"
+
+    def dsn(self, database: str = "chat") -> str:
+        return f"postgresql://chat@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        _chown(self.state, "postgres")
+        if not (self.data / "PG_VERSION").exists():
+            subprocess.run(
+                [*_as_user("postgres"), _pg_bin("initdb"), "-D", str(self.data), "-U", "chat", "--auth=trust",
+                 "-E", "UTF8", "--locale=C.UTF-8"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        options = f"-p {self.port} -k {self.state} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not self.fsync:
+            options += " -c fsync=off -c full_page_writes=off"
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists():  # left by a crash: pg_ctl start copes if the pid is dead
+            self.stop()
+        subprocess.run(
+            [*_as_user("postgres"), _pg_bin("pg_ctl"), "-D", str(self.data), "-o", options,
+             "-l", str(self.state / "postgres.log"), "-w", "-t", "60", "start"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        self.ensure_database("chat")
+
+    def ensure_database(self, name: str, template: str | None = None) -> None:
+        psql = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "chat", "-d", "postgres", "-tAq"]
+        exists = subprocess.run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        if not exists:
+            sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+            subprocess.run([*psql, "-c", sql], check=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run([*_as_user("postgres"), _pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        """Crash the postmaster (SIGKILL), as a test of recovery."""
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+
+
+@dataclass
+class Redis:
+    state: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        log = open(self.state / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.state),
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        _wait_port(self.port, 20, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class RabbitMQ:
+    state: Path
+    port: int
+    dist_port: int
+    epmd_port: int
+    name: str = "chat"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def node(self) -> str:
+        return f"{self.name}@localhost"
+
+    def url(self, vhost: str = "/") -> str:
+        from urllib.parse import quote
+
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_MNESIA_BASE": str(self.state / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.state / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.state / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.state / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.state / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.state / "rabbitmq-env.conf"),
+        }
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RABBITMQCTL, "-n", self.node, *args], env=self._env(), check=check,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self) -> None:
+        for sub in ("mnesia", "log"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        (self.state / "enabled_plugins").write_text("[].\n")
+        # guest may connect over loopback only (the default); keep the disk alarm low for small disks
+        (self.state / "rabbitmq.conf").write_text("disk_free_limit.absolute = 50MB\nloopback_users.guest = true\n")
+        (self.state / "advanced.config").write_text("[].\n")
+        (self.state / "rabbitmq-env.conf").write_text("")
+        if IS_ROOT:
+            _chown(self.state, "rabbitmq")
+        log = open(self.state / "server.out", "ab")
+        command = [RABBIT_SERVER] if IS_ROOT else ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
+        self.proc = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=str(self.state))
+        deadline = time.monotonic() + 90
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited with {self.proc.returncode}; see {self.state}/log")
+            result = self.ctl("await_startup", "--timeout", "10", check=False, timeout=30)
+            if result.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rabbitmq did not start: {result.stderr.strip()[:500]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.ctl("stop", check=False, timeout=60)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        # our own epmd (on our private port) outlives the node; stop it too
+        epmd = shutil.which("epmd") or "/usr/bin/epmd"
+        subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], capture_output=True,
+                       env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)})
+
+    def add_vhost(self, vhost: str) -> None:
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+
+@dataclass
+class Stack:
+    """The three servers under one state folder."""
+
+    state: Path
+    postgres: Postgres
+    redis: Redis
+    rabbitmq: RabbitMQ
+
+    @classmethod
+    def at(cls, state: Path, base_port: int, *, fsync: bool = True) -> Stack:
+        return cls(
+            state=state,
+            postgres=Postgres(state / "postgres", base_port + 1, fsync=fsync),
+            redis=Redis(state / "redis", base_port + 2),
+            rabbitmq=RabbitMQ(state / "rabbitmq", base_port + 3, base_port + 4, base_port + 5,
+                              name=f"chat{base_port}"),
+        )
+
+    def start(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.chmod(0o755)  # the postgres and rabbitmq users must reach their folders
+        self.postgres.start()
+        self.redis.start()
+        self.rabbitmq.start()
+
+    def stop(self) -> None:
+        for server in (self.rabbitmq, self.redis, self.postgres):
+            try:
+                server.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"devstack: stopping {server.__class__.__name__} failed: {exc}", file=sys.stderr)
+
+
+def dev_secret(state: Path) -> str:
+    path = state / "jwt-secret"
+    if not path.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SERVICES = ("writer", "notifier", "gateway", "query")
+
+
+def service_env(stack: Stack, secret: str) -> dict[str, str]:
+    return {
+        "CHAT_DATABASE_URL": stack.postgres.dsn(),
+        "CHAT_AMQP_URL": stack.rabbitmq.url(),
+        "CHAT_REDIS_URL": stack.redis.url(),
+        "CHAT_JWT_SECRET": secret,
+    }
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def run(state: Path, base_port: int) -> int:
+    stack = Stack.at(state, base_port)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"devstack: starting Postgres, Redis and RabbitMQ in {state} ...", flush=True)
+    try:
+        stack.start()
+        secret = dev_secret(state)
+        env = {**os.environ, **service_env(stack, secret)}
+        subprocess.run([_bin("chat-migrate")], env=env, check=True, stdout=subprocess.DEVNULL)
+        logs = state / "logs"
+        logs.mkdir(exist_ok=True)
+        for name in SERVICES:
+            out = open(logs / f"{name}.log", "ab")
+            procs[name] = subprocess.Popen([_bin(f"chat-{name}")], env=env, stdout=out, stderr=subprocess.STDOUT)
+        for name, port in (("writer", 8082), ("notifier", 8083), ("gateway", 8080), ("query", 8081)):
+            _wait_port(port, 30, procs[name])
+        print(
+            "\nThe chat backend is running:\n"
+            "  gateway  (WebSocket)  ws://127.0.0.1:8080/?Authorization=<token>\n"
+            "  query    (REST)       http://127.0.0.1:8081/conversations\n"
+            "  writer   (ops)        http://127.0.0.1:8082/readyz\n"
+            "  notifier (ops)        http://127.0.0.1:8083/readyz\n"
+            f"  Postgres {stack.postgres.dsn()}\n"
+            f"  RabbitMQ {stack.rabbitmq.url()}\n"
+            f"  Redis    {stack.redis.url()}\n"
+            f"  logs     {logs}/<service>.log\n\n"
+            "Mint a token:  make token USER=alice\n"
+            "Press Ctrl-C to stop everything.\n",
+            flush=True,
+        )
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"devstack: chat-{name} exited with {proc.returncode}; see {logs}/{name}.log", flush=True)
+                    stopping = True
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("\ndevstack: stopping ...", flush=True)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(25)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        stack.stop()
+        print("devstack: stopped", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="chat-devstack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--state", default=".state", help="state folder (default .state)")
+    parser.add_argument("--base-port", type=int, default=55430,
+                        help="Postgres on base+1, Redis base+2, AMQP base+3 (default 55430)")
+    args = parser.parse_args()
+    raise SystemExit(run(Path(args.state).resolve(), args.base_port))

@@ -1,0 +1,148 @@
+"""The versioned envelope carried over RabbitMQ, and its typed payloads.
+
+Every AMQP body is one JSON object ``{"v": 1, "items": [...]}``: a batch, because one
+publish-with-confirm costs about as much as storing a hundred rows (docs/events.md). Items are
+tagged by ``type``. Bodies are decoded once, at the consumer's edge, into these structs; a body
+that does not decode is a poison message (:class:`EnvelopeError`) and goes to the dead-letter
+queue rather than being retried.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal, TypeVar
+
+import msgspec
+
+VERSION = 1
+
+
+class EnvelopeError(ValueError):
+    """The body is not a valid envelope of the expected kind."""
+
+
+class Origin(msgspec.Struct, frozen=True):
+    """The gateway instance and connection a command came from (for error replies)."""
+
+    instance: str
+    conn: str
+
+
+# ---- commands: gateway -> writer (exchange chat.commands) --------------------------------------
+
+
+class SendMessage(msgspec.Struct, tag="send-message", tag_field="type", frozen=True):
+    user_id: str
+    conversation_id: uuid.UUID
+    temp_message_id: str
+    content: str
+    origin: Origin
+
+
+class ReadMessages(msgspec.Struct, tag="read-messages", tag_field="type", frozen=True):
+    user_id: str
+    conversation_id: uuid.UUID
+    origin: Origin
+
+
+class StartTyping(msgspec.Struct, tag="typing", tag_field="type", frozen=True):
+    user_id: str
+    conversation_id: uuid.UUID
+    origin: Origin
+
+
+Command = SendMessage | ReadMessages | StartTyping
+
+
+class Commands(msgspec.Struct, frozen=True):
+    items: list[Command]
+    v: Literal[1] = VERSION
+
+
+# ---- events: writer/query -> notifier (exchange chat.events) -----------------------------------
+
+
+class MessageStored(msgspec.Struct, tag="message-stored", tag_field="type", frozen=True):
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    sender_id: str
+    temp_message_id: str
+    content: str
+    sent_at: datetime
+    participants: list[str]
+
+
+class ReadUpdated(msgspec.Struct, tag="read-updated", tag_field="type", frozen=True):
+    conversation_id: uuid.UUID
+    user_id: str
+    last_read_seq: int
+    participants: list[str]
+
+
+class TypingStarted(msgspec.Struct, tag="typing-started", tag_field="type", frozen=True):
+    conversation_id: uuid.UUID
+    user_id: str
+    participants: list[str]
+
+
+class ConversationCreated(msgspec.Struct, tag="conversation-created", tag_field="type", frozen=True):
+    conversation_id: uuid.UUID
+    title: str | None
+    is_group: bool
+    participants: list[str]
+
+
+class CommandRejected(msgspec.Struct, tag="command-rejected", tag_field="type", frozen=True):
+    """A command the writer refused: goes back to the one connection that sent it."""
+
+    origin: Origin
+    code: str
+    message: str
+    action: str
+    temp_message_id: str | None = None
+    conversation_id: uuid.UUID | None = None
+
+
+Event = MessageStored | ReadUpdated | TypingStarted | ConversationCreated | CommandRejected
+
+
+class Events(msgspec.Struct, frozen=True):
+    items: list[Event]
+    v: Literal[1] = VERSION
+
+
+# ---- deliveries: notifier -> one gateway instance (exchange chat.deliveries) -------------------
+
+
+class Delivery(msgspec.Struct, frozen=True, array_like=True):
+    """One rendered frame for the local connections of ``users`` (or just connection ``conn``)."""
+
+    frame: str
+    users: list[str]
+    conn: str | None = None
+
+
+class Deliveries(msgspec.Struct, frozen=True):
+    items: list[Delivery]
+    v: Literal[1] = VERSION
+
+
+_encoder = msgspec.json.Encoder()
+_decoders = {kind: msgspec.json.Decoder(kind) for kind in (Commands, Events, Deliveries)}
+T = TypeVar("T", Commands, Events, Deliveries)
+
+
+def encode(batch: Commands | Events | Deliveries) -> bytes:
+    return _encoder.encode(batch)
+
+
+def decode(kind: type[T], body: bytes) -> T:
+    """Decode and validate ``body`` as ``kind``; raise EnvelopeError naming what is wrong."""
+    try:
+        return _decoders[kind].decode(body)
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(f"invalid {kind.__name__.lower()} envelope: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise EnvelopeError(f"undecodable {kind.__name__.lower()} envelope: {exc}") from None

@@ -1,0 +1,167 @@
+"""WebSocket frames (contract section 2): parsing what clients send, rendering what they get.
+
+Pure functions, no I/O. Client frames are PageNow's (``action``-routed JSON); server frames are
+discriminated by ``type`` with camelCase keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+MAX_CONTENT = 1000
+MAX_TEMP_ID = 128
+ACTIONS = ("send-message", "read-messages", "heartbeat", "typing")
+
+
+@dataclass(frozen=True)
+class FrameError(Exception):
+    code: str
+    message: str
+    action: str | None = None
+    temp_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SendFrame:
+    temp_message_id: str
+    conversation_id: uuid.UUID
+    content: str
+
+
+@dataclass(frozen=True)
+class ReadFrame:
+    conversation_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class TypingFrame:
+    conversation_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class HeartbeatFrame:
+    pass
+
+
+ClientFrame = SendFrame | ReadFrame | TypingFrame | HeartbeatFrame
+_json_decoder = msgspec.json.Decoder()
+
+
+def parse(text: str | bytes) -> ClientFrame:
+    """Parse one client frame, or raise FrameError with the contract's error code."""
+    try:
+        data = _json_decoder.decode(text)
+    except msgspec.DecodeError:
+        raise FrameError("invalid_frame", "frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise FrameError("invalid_frame", "frame must be a JSON object")
+    action = data.get("action")
+    if action is None:
+        raise FrameError("missing_field", "action is required")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise FrameError("unknown_action", f"unknown action {str(action)[:40]!r}", action=action if isinstance(action, str) else None)
+    temp_id = data.get("tempMessageId")
+    temp_id = temp_id if isinstance(temp_id, str) else None
+
+    def fail(code: str, message: str) -> FrameError:
+        return FrameError(code, message, action=action, temp_message_id=temp_id)
+
+    if action == "heartbeat":
+        return HeartbeatFrame()
+    conversation_id = _uuid_field(data, "conversationId", fail)
+    if action == "read-messages":
+        return ReadFrame(conversation_id)
+    if action == "typing":
+        return TypingFrame(conversation_id)
+    # send-message
+    if "tempMessageId" not in data or data["tempMessageId"] is None:
+        raise fail("missing_field", "tempMessageId is required")
+    if temp_id is None or not temp_id or len(temp_id) > MAX_TEMP_ID:
+        raise fail("invalid_frame", f"tempMessageId must be a string of 1 to {MAX_TEMP_ID} characters")
+    content = data.get("content")
+    if content is None:
+        raise fail("missing_field", "content is required")
+    if not isinstance(content, str):
+        raise fail("invalid_frame", "content must be a string")
+    content = content.rstrip()
+    if not content:
+        raise fail("empty_content", "content is empty")
+    if len(content) > MAX_CONTENT:
+        raise fail("content_too_long", f"content is longer than {MAX_CONTENT} characters")
+    return SendFrame(temp_id, conversation_id, content)
+
+
+def _uuid_field(data: dict[str, Any], name: str, fail: Any) -> uuid.UUID:
+    value = data.get(name)
+    if value is None:
+        raise fail("missing_field", f"{name} is required")
+    if not isinstance(value, str):
+        raise fail("invalid_frame", f"{name} must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise fail("invalid_frame", f"{name} must be a UUID") from None
+
+
+# ---- server frames ----------------------------------------------------------------------------
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and Z, e.g. 2021-12-18T07:11:47.123Z."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def render(frame: dict[str, Any]) -> str:
+    return _encoder.encode(frame).decode()
+
+
+def new_message(*, message_id: uuid.UUID, temp_message_id: str, conversation_id: uuid.UUID, sender_id: str,
+                content: str, sent_at: datetime, seq: int) -> str:
+    return render({
+        "type": "new-message",
+        "messageId": str(message_id),
+        "tempMessageId": temp_message_id,
+        "conversationId": str(conversation_id),
+        "senderId": sender_id,
+        "content": content,
+        "sentAt": iso_utc(sent_at),
+        "seq": seq,
+    })
+
+
+def read_messages(*, conversation_id: uuid.UUID, user_id: str, last_read_seq: int) -> str:
+    return render({"type": "read-messages", "conversationId": str(conversation_id), "userId": user_id,
+                   "lastReadSeq": last_read_seq})
+
+
+def read_receipt(*, conversation_id: uuid.UUID, user_id: str, last_read_seq: int) -> str:
+    return render({"type": "read-receipt", "conversationId": str(conversation_id), "userId": user_id,
+                   "lastReadSeq": last_read_seq})
+
+
+def typing(*, conversation_id: uuid.UUID, user_id: str) -> str:
+    return render({"type": "typing", "conversationId": str(conversation_id), "userId": user_id})
+
+
+def conversation_created(*, conversation_id: uuid.UUID, title: str | None, is_group: bool,
+                         participant_ids: list[str]) -> str:
+    return render({"type": "conversation-created", "conversationId": str(conversation_id), "title": title,
+                   "isGroup": is_group, "participantIds": participant_ids})
+
+
+def error(code: str, message: str, *, action: str | None = None, temp_message_id: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if action is not None:
+        frame["action"] = action
+    if temp_message_id is not None:
+        frame["tempMessageId"] = temp_message_id
+    return render(frame)

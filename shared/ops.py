@@ -1,0 +1,108 @@
+"""What every service serves for operators: /healthz, /readyz, /metrics, and one log line a request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import prometheus_client
+from aiohttp import web
+
+from . import log as logging
+
+log = logging.get(__name__)
+Check = Callable[[], Awaitable[bool]]
+
+HTTP_REQUESTS = prometheus_client.Counter(
+    "chat_http_requests_total", "HTTP requests answered", ["service", "route", "status"]
+)
+HTTP_SECONDS = prometheus_client.Histogram(
+    "chat_http_request_seconds", "HTTP request latency", ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+@dataclass
+class Readiness:
+    """Named dependency checks plus a draining flag; ready when not draining and all checks pass."""
+
+    checks: dict[str, Check] = field(default_factory=dict)
+    draining: bool = False
+
+    async def report(self) -> tuple[bool, dict[str, bool]]:
+        names = list(self.checks)
+        results = await asyncio.gather(*(_bounded(self.checks[n]) for n in names))
+        status = dict(zip(names, results))
+        return (not self.draining and all(results)), status
+
+
+async def _bounded(check: Check) -> bool:
+    try:
+        return bool(await asyncio.wait_for(check(), 2.0))
+    except Exception:
+        return False
+
+
+READINESS = web.AppKey("readiness", Readiness)
+SERVICE = web.AppKey("service", str)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz`` -> ``{"status": "ok"}``: the process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz`` -> 200 ``{"ready": true, "checks": {...}}``, or 503 with ``ready: false``."""
+    readiness = request.app[READINESS]
+    ready, checks = await readiness.report()
+    body = {"ready": ready, "draining": readiness.draining, "checks": checks}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format."""
+    body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """One JSON line per request: method, route, status and duration. Never the query string."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        service = request.app.get(SERVICE, "chat")
+        if route not in ("/healthz", "/readyz", "/metrics"):
+            HTTP_REQUESTS.labels(service, route, str(status)).inc()
+            HTTP_SECONDS.labels(service, route).observe(elapsed)
+            log.info("http_request", method=request.method, route=route, path=request.path, status=status,
+                     ms=round(elapsed * 1000, 2))
+
+
+def add_routes(app: web.Application, service: str) -> Readiness:
+    """Mount the three operator routes on ``app`` and return its Readiness to fill with checks."""
+    readiness = Readiness()
+    app[READINESS] = readiness
+    app[SERVICE] = service
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return readiness
+
+
+def ops_app(service: str) -> tuple[web.Application, Readiness]:
+    """A bare app with just the operator routes (writer and notifier serve only these)."""
+    app = web.Application(middlewares=[access_log])
+    return app, add_routes(app, service)

@@ -1,0 +1,79 @@
+"""Where each user's connections are: the Redis key layout, in one place.
+
+- ``chat:conns:<user>``: a sorted set of ``<instance>|<conn>`` members scored by their lease's
+  expiry (ms since the epoch). A gateway refreshes its connections' leases while it lives, so a
+  dead gateway's entries lapse on their own; readers ignore expired members.
+- ``chat:registry:since``: when the registry was (re)started. Redis may come back empty after a
+  restart; until every gateway has had a full refresh interval to re-register, the notifier
+  broadcasts instead of trusting lookups (see notifier/routing.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+
+
+def redis_client(url: str) -> Redis:
+    """A client with timeouts: a dead Redis fails fast rather than hanging a request."""
+    return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
+
+LEASE_SECONDS = 30
+REFRESH_SECONDS = 10
+SINCE_KEY = "chat:registry:since"
+
+
+def conns_key(user_id: str) -> str:
+    return f"chat:conns:{user_id}"
+
+
+def member(instance_id: str, conn_id: str) -> str:
+    return f"{instance_id}|{conn_id}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Registry:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def register(self, instance_id: str, conns: Iterable[tuple[str, str]]) -> None:
+        """Take or renew leases for ``(user_id, conn_id)`` pairs held by ``instance_id``."""
+        expiry = now_ms() + LEASE_SECONDS * 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(SINCE_KEY, now_ms(), nx=True)
+            for user_id, conn_id in conns:
+                key = conns_key(user_id)
+                pipe.zadd(key, {member(instance_id, conn_id): expiry})
+                pipe.zremrangebyscore(key, "-inf", now_ms())
+                pipe.expire(key, LEASE_SECONDS * 2)
+            await pipe.execute()
+
+    async def unregister(self, instance_id: str, conns: Iterable[tuple[str, str]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, conn_id in conns:
+                pipe.zrem(conns_key(user_id), member(instance_id, conn_id))
+            await pipe.execute()
+
+    async def instances(self, user_ids: list[str]) -> tuple[dict[str, set[str]], int | None]:
+        """Live gateway instances per user, in one pipelined round trip, and the registry's start."""
+        floor = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(SINCE_KEY)
+            for user_id in user_ids:
+                pipe.zrangebyscore(conns_key(user_id), floor, "+inf")
+            since, *results = await pipe.execute()
+        found: dict[str, set[str]] = {}
+        for user_id, members in zip(user_ids, results):
+            if members:
+                found[user_id] = {m.decode().split("|", 1)[0] if isinstance(m, bytes) else m.split("|", 1)[0] for m in members}
+        return found, int(since) if since is not None else None
+
+
+def registry_trusted(since_ms: int | None, now: int) -> bool:
+    """Lookups are complete once every gateway had a full refresh interval since the (re)start."""
+    return since_ms is not None and now - since_ms >= (REFRESH_SECONDS + 2) * 1000

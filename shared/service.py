@@ -1,0 +1,37 @@
+"""Start-up shared by the five commands: settings or a one-line error, logging, the event loop."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from . import log as logging
+from .settings import Settings, SettingsError
+
+
+def settings_or_exit(command: str, loader: Callable[[], Settings]) -> Settings:
+    try:
+        settings = loader()
+    except SettingsError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.configure(settings.service, settings.log_level, settings.instance_id)
+    return settings
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - optional speed-up
+        return
+    uvloop.install()
+
+
+def serve(app: web.Application, settings: Settings, *, shutdown_timeout: float = 20.0) -> None:
+    """Run ``app`` until SIGTERM/SIGINT; aiohttp then runs on_shutdown and the cleanup contexts."""
+    install_uvloop()
+    logging.get(__name__).info("service_starting", host=settings.host, port=settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
+                shutdown_timeout=shutdown_timeout, handle_signals=True)

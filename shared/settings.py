@@ -1,0 +1,184 @@
+"""Settings, read once from the ``CHAT_*`` environment at start.
+
+Every service calls :func:`load` with the settings it needs. A missing or bad value raises
+:class:`SettingsError` naming the variable; ``main()`` turns that into one line on stderr and
+exit status 2, so a misconfigured pod fails fast instead of limping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+# Every variable the services read. docs, compose, k8s manifests and a test compare against this.
+VARIABLES: dict[str, str] = {
+    "CHAT_DATABASE_URL": "Postgres DSN, postgresql://user:pass@host:port/db",
+    "CHAT_AMQP_URL": "RabbitMQ URL, amqp://user:pass@host:port/vhost",
+    "CHAT_REDIS_URL": "Redis URL, redis://host:port/db",
+    "CHAT_HOST": "address to listen on (default 0.0.0.0)",
+    "CHAT_PORT": "port to listen on (defaults: gateway 8080, query 8081, writer 8082, notifier 8083)",
+    "CHAT_INSTANCE_ID": "this instance's identity, [A-Za-z0-9._-]{1,64} (default: hostname + random suffix)",
+    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 4; same on every service)",
+    "CHAT_JWT_SECRET": "HS256 secret, at least 32 characters (development and self-hosting)",
+    "CHAT_JWT_JWKS_URL": "JWKS document URL for RS256/ES256 keys (e.g. Cognito's <issuer>/.well-known/jwks.json)",
+    "CHAT_JWT_ISSUER": "expected iss claim (checked when set)",
+    "CHAT_JWT_AUDIENCE": "expected aud claim (checked when set)",
+    "CHAT_JWT_ALGORITHMS": "comma-separated allow-list (default HS256 with a secret, RS256 with a JWKS)",
+    "CHAT_JWT_USER_CLAIM": "claim that names the user (default cognito:username)",
+    "CHAT_ALLOWED_ORIGINS": "comma-separated origins allowed for WebSocket and CORS (default: any)",
+    "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
+}
+
+DEFAULT_PORTS = {"gateway": 8080, "query": 8081, "writer": 8082, "notifier": 8083}
+SYMMETRIC_ALGS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    secret: str | None
+    jwks_url: str | None
+    issuer: str | None
+    audience: str | None
+    algorithms: tuple[str, ...]
+    user_claim: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    host: str
+    port: int
+    instance_id: str
+    partitions: int
+    log_level: str
+    allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    database_url: str | None = None
+    amqp_url: str | None = None
+    redis_url: str | None = None
+    jwt: JwtSettings | None = None
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], required: bool) -> str | None:
+    value = _get(env, name)
+    if value is None:
+        if required:
+            raise SettingsError(f"{name} is required ({VARIABLES[name]})")
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got scheme {parts.scheme!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError(f"{name} has a bad port") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"{name} has no host")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _csv(raw: str | None) -> list[str]:
+    return [item.strip() for item in (raw or "").split(",") if item.strip()]
+
+
+def _jwt(env: Mapping[str, str]) -> JwtSettings:
+    secret = _get(env, "CHAT_JWT_SECRET")
+    jwks_url = _url(env, "CHAT_JWT_JWKS_URL", ("http", "https"), required=False)
+    if secret and jwks_url:
+        raise SettingsError("CHAT_JWT_SECRET and CHAT_JWT_JWKS_URL are exclusive: set one")
+    if not secret and not jwks_url:
+        raise SettingsError("CHAT_JWT_SECRET or CHAT_JWT_JWKS_URL is required (how tokens are verified)")
+    if secret is not None and len(secret) < 32:
+        raise SettingsError("CHAT_JWT_SECRET must be at least 32 characters")
+    algorithms = _csv(_get(env, "CHAT_JWT_ALGORITHMS")) or (["HS256"] if secret else ["RS256"])
+    allowed = SYMMETRIC_ALGS if secret else ASYMMETRIC_ALGS
+    bad = [a for a in algorithms if a not in allowed]
+    if bad:
+        kind = "CHAT_JWT_SECRET takes HS256/HS384/HS512" if secret else "a JWKS takes RS*, ES* or PS* algorithms"
+        raise SettingsError(f"CHAT_JWT_ALGORITHMS has {', '.join(bad)}: {kind}")
+    claim = _get(env, "CHAT_JWT_USER_CLAIM") or "cognito:username"
+    return JwtSettings(
+        secret=secret,
+        jwks_url=jwks_url,
+        issuer=_get(env, "CHAT_JWT_ISSUER"),
+        audience=_get(env, "CHAT_JWT_AUDIENCE"),
+        algorithms=tuple(algorithms),
+        user_claim=claim,
+    )
+
+
+def _origins(env: Mapping[str, str]) -> frozenset[str]:
+    origins = _csv(_get(env, "CHAT_ALLOWED_ORIGINS"))
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https", "chrome-extension", "moz-extension") or not parts.netloc or parts.path not in ("", "/"):
+            raise SettingsError(f"CHAT_ALLOWED_ORIGINS has {origin!r}: an origin is scheme://host[:port]")
+    return frozenset(o.rstrip("/") for o in origins)
+
+
+def default_instance_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:48] or "chat"
+    return f"{host}-{uuid.uuid4().hex[:8]}"
+
+
+def load(
+    service: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    database: bool = False,
+    amqp: bool = False,
+    redis: bool = False,
+    jwt: bool = False,
+) -> Settings:
+    """Read the settings ``service`` needs; raise :class:`SettingsError` on the first bad one."""
+    env = os.environ if env is None else env
+    level = (_get(env, "CHAT_LOG_LEVEL") or "info").lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"CHAT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    instance_id = _get(env, "CHAT_INSTANCE_ID") or default_instance_id()
+    if not _INSTANCE_RE.match(instance_id):
+        raise SettingsError("CHAT_INSTANCE_ID must match [A-Za-z0-9._-]{1,64}")
+    return Settings(
+        service=service,
+        host=_get(env, "CHAT_HOST") or "0.0.0.0",
+        port=_int(env, "CHAT_PORT", DEFAULT_PORTS.get(service, 8080), 1, 65535),
+        instance_id=instance_id,
+        partitions=_int(env, "CHAT_PARTITIONS", 4, 1, 256),
+        log_level=level,
+        allowed_origins=_origins(env),
+        database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database) if database else None,
+        amqp_url=_url(env, "CHAT_AMQP_URL", ("amqp", "amqps"), required=amqp) if amqp else None,
+        redis_url=_url(env, "CHAT_REDIS_URL", ("redis", "rediss", "unix"), required=redis) if redis else None,
+        jwt=_jwt(env) if jwt else None,
+    )

@@ -1,0 +1,99 @@
+"""The RabbitMQ topology, declared in one place (docs/events.md draws it).
+
+- ``chat.commands`` (direct) -> ``chat.commands.<p>``: gateway -> writer, one quorum queue per
+  partition ``p = partition(conversation_id)``, single active consumer, so one writer at a time
+  stores a conversation's messages, in the order they were published.
+- ``chat.events`` (direct) -> ``chat.events.<p>``: writer/query -> notifier, partitioned the same
+  way, so every connection receives a conversation's events in ``seq`` order.
+- ``chat.deliveries`` (direct) -> ``chat.gateway.<instance>``: notifier -> the gateway holding
+  the recipients' sockets; the queue expires once its gateway is gone.
+- ``chat.broadcast`` (fanout) -> every gateway queue: used while the Redis registry is not
+  trustworthy (just after Redis lost its data), so nothing is missed meanwhile.
+- ``chat.dead`` (fanout) -> ``chat.dead``: poison messages and those redelivered too often.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+COMMANDS = "chat.commands"
+EVENTS = "chat.events"
+DELIVERIES = "chat.deliveries"
+BROADCAST = "chat.broadcast"
+DEAD = "chat.dead"
+DELIVERY_LIMIT = 20  # a message redelivered this often (e.g. it crashes its consumer) is dead-lettered
+GATEWAY_QUEUE_EXPIRES_MS = 120_000
+
+
+def partition(conversation_id: uuid.UUID, partitions: int) -> int:
+    """Stable partition of a conversation: the same on every instance and every restart."""
+    return zlib.crc32(conversation_id.bytes) % partitions
+
+
+def command_queue(p: int) -> str:
+    return f"{COMMANDS}.{p}"
+
+
+def event_queue(p: int) -> str:
+    return f"{EVENTS}.{p}"
+
+
+def gateway_queue(instance_id: str) -> str:
+    return f"chat.gateway.{instance_id}"
+
+
+async def _dead_letter(channel: AbstractChannel) -> None:
+    dead = await channel.declare_exchange(DEAD, aio_pika.ExchangeType.FANOUT, durable=True)
+    queue = await channel.declare_queue(DEAD, durable=True, arguments={"x-queue-type": "quorum"})
+    await queue.bind(dead)
+
+
+async def _partitioned(channel: AbstractChannel, exchange_name: str, partitions: int) -> list[AbstractQueue]:
+    await _dead_letter(channel)
+    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT, durable=True)
+    queues = []
+    for p in range(partitions):
+        queue = await channel.declare_queue(
+            f"{exchange_name}.{p}",
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-single-active-consumer": True,
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": DEAD,
+            },
+        )
+        await queue.bind(exchange, routing_key=str(p))
+        queues.append(queue)
+    return queues
+
+
+async def declare_commands(channel: AbstractChannel, partitions: int) -> list[AbstractQueue]:
+    return await _partitioned(channel, COMMANDS, partitions)
+
+
+async def declare_events(channel: AbstractChannel, partitions: int) -> list[AbstractQueue]:
+    return await _partitioned(channel, EVENTS, partitions)
+
+
+async def declare_deliveries(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
+    direct = await channel.declare_exchange(DELIVERIES, aio_pika.ExchangeType.DIRECT, durable=True)
+    fanout = await channel.declare_exchange(BROADCAST, aio_pika.ExchangeType.FANOUT, durable=True)
+    return direct, fanout
+
+
+async def declare_gateway_queue(channel: AbstractChannel, instance_id: str) -> AbstractQueue:
+    """This gateway's own queue: durable (survives a broker restart), gone 2 min after its gateway."""
+    direct, fanout = await declare_deliveries(channel)
+    queue = await channel.declare_queue(
+        gateway_queue(instance_id),
+        durable=True,
+        arguments={"x-expires": GATEWAY_QUEUE_EXPIRES_MS},
+    )
+    await queue.bind(direct, routing_key=instance_id)
+    await queue.bind(fanout)
+    return queue

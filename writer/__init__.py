@@ -1,0 +1,1 @@
+"""The writer: persists commands from the broker and announces what it stored."""
