@@ -1,0 +1,251 @@
+"""Test harness: real servers as processes, services started the way operators start them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+import asyncpg
+
+from shared.auth import mint
+from shared.devstack import Stack
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def token(user: str, **kw: Any) -> str:
+    return mint(SECRET, user, **kw)
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+async def wait_ready(url: str, timeout: float = 30, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{url} exited with {proc.returncode}")
+            try:
+                async with session.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+class WsClient:
+    """A test WebSocket client that records every frame it receives."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession, user: str) -> None:
+        self.ws = ws
+        self.session = session
+        self.user = user
+        self.frames: list[dict[str, Any]] = []
+        self.changed = asyncio.Condition()
+        self.closed_code: int | None = None
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                async with self.changed:
+                    self.frames.append(json.loads(msg.data))
+                    self.changed.notify_all()
+        async with self.changed:
+            self.closed_code = self.ws.close_code
+            self.changed.notify_all()
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def send_message(self, conversation_id: uuid.UUID, content: str, temp_id: str | None = None) -> str:
+        temp_id = temp_id or uuid.uuid4().hex
+        await self.send({"action": "send-message", "tempMessageId": temp_id, "conversationId": str(conversation_id),
+                         "content": content})
+        return temp_id
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f.get("type") == kind]
+
+    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 15) -> Any:
+        async def waiter() -> Any:
+            async with self.changed:
+                while True:
+                    result = predicate(self.frames)
+                    if result:
+                        return result
+                    if self.closed_code is not None:
+                        raise AssertionError(f"socket closed with {self.closed_code}; frames: {self.frames[-5:]}")
+                    await self.changed.wait()
+
+        return await asyncio.wait_for(waiter(), timeout)
+
+    async def wait_frame(self, **match: Any) -> dict[str, Any]:
+        def find(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+            for f in frames:
+                if all(f.get(k) == v for k, v in match.items()):
+                    return f
+            return None
+
+        return await self.wait_for(find)
+
+    async def wait_closed(self, timeout: float = 15) -> int:
+        async def waiter() -> int:
+            async with self.changed:
+                while self.closed_code is None:
+                    await self.changed.wait()
+                return self.closed_code
+
+        return await asyncio.wait_for(waiter(), timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):
+            pass
+        await self.session.close()
+
+
+@dataclass
+class System:
+    """One isolated system: its own database, vhost and Redis db, and the services a test starts."""
+
+    stack: Stack
+    workdir: Path
+    database: str
+    vhost: str
+    redis_db: int
+    partitions: int = 4
+    services: list[Service] = field(default_factory=list)
+    clients: list[WsClient] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "CHAT_DATABASE_URL": self.stack.postgres.dsn(self.database),
+            "CHAT_AMQP_URL": self.stack.rabbitmq.url(self.vhost),
+            "CHAT_REDIS_URL": self.stack.redis.url(self.redis_db),
+            "CHAT_JWT_SECRET": SECRET,
+            "CHAT_PARTITIONS": str(self.partitions),
+            "CHAT_HOST": "127.0.0.1",
+            "CHAT_LOG_LEVEL": "info",
+        }
+
+    def spawn(self, name: str, env: dict[str, str] | None = None, port: int | None = None) -> Service:
+        port = port or free_port()
+        index = sum(1 for s in self.services if s.name == name)
+        log = self.workdir / f"{name}-{index}.log"
+        full_env = {**os.environ, **self.env, "CHAT_PORT": str(port), "CHAT_INSTANCE_ID": f"{name}-{index}-{port}",
+                    **(env or {})}
+        proc = subprocess.Popen([str(BIN / f"chat-{name}")], env=full_env, stdout=open(log, "ab"),
+                                stderr=subprocess.STDOUT)
+        service = Service(name, port, proc, log)
+        self.services.append(service)
+        return service
+
+    async def start(self, name: str, env: dict[str, str] | None = None, port: int | None = None) -> Service:
+        service = self.spawn(name, env, port)
+        await wait_ready(service.url, proc=service.proc)
+        return service
+
+    async def start_all(self, gateways: int = 1, writers: int = 1, notifiers: int = 1, query: bool = False) -> None:
+        names = ["writer"] * writers + ["notifier"] * notifiers + ["gateway"] * gateways + (["query"] if query else [])
+        started = [self.spawn(n) for n in names]
+        await asyncio.gather(*(wait_ready(s.url, proc=s.proc) for s in started))
+
+    def of(self, name: str) -> list[Service]:
+        return [s for s in self.services if s.name == name]
+
+    async def connect(self, user: str, gateway: int = 0, token_value: str | None = None) -> WsClient:
+        session = aiohttp.ClientSession()
+        url = f"{self.of('gateway')[gateway].url}/?Authorization={token_value or token(user)}"
+        try:
+            ws = await session.ws_connect(url)
+        except BaseException:
+            await session.close()
+            raise
+        client = WsClient(ws, session, user)
+        self.clients.append(client)
+        return client
+
+    async def db(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.stack.postgres.dsn(self.database))
+
+    async def conversation(self, users: list[str], *, title: str | None = None, group: bool | None = None) -> uuid.UUID:
+        """Create a conversation directly in the database (the REST path has its own tests)."""
+        group = len(users) > 2 if group is None else group
+        cid = uuid.uuid4()
+        conn = await self.db()
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO conversations (id, title, is_group, created_by, direct_key) VALUES ($1, $2, $3, $4, $5)",
+                    cid, title, group, users[0], None if group else "\x1f".join(sorted(users)),
+                )
+                await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
+                                       [(cid, u) for u in users])
+        finally:
+            await conn.close()
+        return cid
+
+    async def close(self) -> None:
+        for client in self.clients:
+            try:
+                await asyncio.wait_for(client.close(), 5)
+            except Exception:
+                pass
+        for service in self.services:
+            service.terminate(timeout=15)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name} :{s.port}\n{s.output()[-3000:]}" for s in self.services)

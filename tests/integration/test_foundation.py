@@ -1,0 +1,203 @@
+"""The foundation: schema migrations, start-up checks, readiness, and a dev token on the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import aiohttp
+import asyncpg
+import pytest
+
+from shared.migrate import migrate
+
+from ..conftest import new_database, run_command
+from ..harness import BIN, SECRET, free_port, wait_ready
+
+EXPECTED_TABLES = {"conversations", "participants", "messages", "schema_migrations"}
+
+
+async def schema_of(dsn: str) -> tuple[set[str], list[tuple[int, str]]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        versions = [(r["version"], r["name"]) for r in await conn.fetch("SELECT version, name FROM schema_migrations")]
+        return tables, versions
+    finally:
+        await conn.close()
+
+
+def fresh_db(stack) -> str:
+    name = f"m_{os.urandom(6).hex()}"
+    stack.postgres.ensure_database(name)
+    return stack.postgres.dsn(name)
+
+
+async def test_chat_migrate_twice_in_sequence(stack):
+    dsn = fresh_db(stack)
+    env = {**os.environ, "CHAT_DATABASE_URL": dsn}
+    first = run_command("chat-migrate", env)
+    second = run_command("chat-migrate", env)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert '"applied": ["0001_schema.sql"]' in first.stdout
+    assert '"applied": []' in second.stdout
+    tables, versions = await schema_of(dsn)
+    assert EXPECTED_TABLES <= tables
+    assert versions == [(1, "0001_schema.sql")]
+
+
+async def test_chat_migrate_at_the_same_moment(stack):
+    dsn = fresh_db(stack)
+    env = {**os.environ, "CHAT_DATABASE_URL": dsn}
+    procs = [subprocess.Popen([str(BIN / "chat-migrate")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    assert sum('"applied": ["0001_schema.sql"]' in out for out, _ in outputs) == 1
+    tables, versions = await schema_of(dsn)
+    assert EXPECTED_TABLES <= tables and versions == [(1, "0001_schema.sql")]
+    # and in-process, concurrently, too
+    results = await asyncio.gather(migrate(dsn), migrate(dsn))
+    assert results == [[], []]
+
+
+async def test_schema_enforces_the_contract(stack):
+    dsn = stack.postgres.dsn(new_database(stack))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) "
+                           "VALUES (gen_random_uuid(), false, 'a', 'a\x1fb')")
+        with pytest.raises(asyncpg.UniqueViolationError):  # one direct conversation per pair
+            await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) "
+                               "VALUES (gen_random_uuid(), false, 'b', 'a\x1fb')")
+        cid = await conn.fetchval("SELECT id FROM conversations")
+        await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
+                           " VALUES ($1, 1, gen_random_uuid(), 'a', 't1', 'hi', now())", cid)
+        with pytest.raises(asyncpg.UniqueViolationError):  # tempMessageId unique per sender
+            await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
+                               " sent_at) VALUES ($1, 2, gen_random_uuid(), 'a', 't1', 'hi', now())", cid)
+        with pytest.raises(asyncpg.UniqueViolationError):  # one row per seq
+            await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
+                               " sent_at) VALUES ($1, 1, gen_random_uuid(), 'b', 't1', 'hi', now())", cid)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
+                               " sent_at) VALUES ($1, 2, gen_random_uuid(), 'a', 't2', '', now())", cid)
+    finally:
+        await conn.close()
+
+
+GOOD = {
+    "CHAT_DATABASE_URL": "postgresql://chat@127.0.0.1:1/chat",
+    "CHAT_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+    "CHAT_REDIS_URL": "redis://127.0.0.1:1/0",
+    "CHAT_JWT_SECRET": SECRET,
+}
+NEEDS = {
+    "chat-gateway": ["CHAT_AMQP_URL", "CHAT_REDIS_URL", "CHAT_JWT_SECRET"],
+    "chat-writer": ["CHAT_DATABASE_URL", "CHAT_AMQP_URL"],
+    "chat-notifier": ["CHAT_AMQP_URL", "CHAT_REDIS_URL"],
+    "chat-query": ["CHAT_DATABASE_URL", "CHAT_AMQP_URL", "CHAT_JWT_SECRET"],
+    "chat-migrate": ["CHAT_DATABASE_URL"],
+}
+
+
+def clean_env(**overrides: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env.update(GOOD)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+@pytest.mark.parametrize(("command", "variable"), [(c, v) for c, vs in NEEDS.items() for v in vs])
+def test_service_refuses_to_start_without_a_setting(command, variable):
+    result = run_command(command, clean_env(**{variable: None}))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: {variable}"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        ("chat-writer", "CHAT_DATABASE_URL", "mysql://localhost/chat"),
+        ("chat-gateway", "CHAT_AMQP_URL", "localhost:5672"),
+        ("chat-notifier", "CHAT_REDIS_URL", "http://localhost"),
+        ("chat-query", "CHAT_PORT", "http"),
+        ("chat-gateway", "CHAT_JWT_SECRET", "short"),
+        ("chat-gateway", "CHAT_LOG_LEVEL", "verbose"),
+        ("chat-writer", "CHAT_PARTITIONS", "-1"),
+    ],
+)
+def test_service_refuses_to_start_with_a_malformed_setting(command, variable, value):
+    result = run_command(command, clean_env(**{variable: value}))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"{command}: {variable}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "down"),
+    [("writer", "database"), ("writer", "broker"), ("notifier", "redis"), ("notifier", "broker"),
+     ("gateway", "redis"), ("gateway", "broker"), ("query", "database"), ("query", "broker")],
+)
+async def test_readyz_is_not_ready_while_a_dependency_is_down(stack, name, down):
+    """Each dependency in turn points at a port where nothing listens; the service stays up, unready."""
+    port = free_port()
+    env = clean_env(
+        CHAT_DATABASE_URL=stack.postgres.dsn(new_database(stack)),
+        CHAT_AMQP_URL=stack.rabbitmq.url(),
+        CHAT_REDIS_URL=stack.redis.url(15),
+        CHAT_PORT=str(port),
+        CHAT_HOST="127.0.0.1",
+    )
+    dead = f"127.0.0.1:{free_port()}"
+    if down == "database":
+        env["CHAT_DATABASE_URL"] = f"postgresql://chat@{dead}/chat"
+    elif down == "broker":
+        env["CHAT_AMQP_URL"] = f"amqp://guest:guest@{dead}/"
+    else:
+        env["CHAT_REDIS_URL"] = f"redis://{dead}/0"
+    proc = subprocess.Popen([str(BIN / f"chat-{name}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 503
+                assert body["ready"] is False and body["checks"][down] is False
+                assert all(ok for check, ok in body["checks"].items() if check != down)
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200 and "text/plain" in resp.headers["Content-Type"]
+                assert "chat_" in await resp.text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+async def test_dev_token_opens_a_websocket(system):
+    await system.start_all()
+    token = subprocess.run([str(BIN / "chat-dev-token"), "alice"], env={**os.environ, "CHAT_JWT_SECRET": SECRET},
+                           capture_output=True, text=True, check=True).stdout.strip()
+    client = await system.connect("alice", token_value=token)
+    await client.send({"action": "heartbeat"})
+    await client.send("{")
+    frame = await client.wait_frame(type="error")
+    assert frame["code"] == "invalid_frame"
+    async with aiohttp.ClientSession() as session:
+        for bad in ("", "?Authorization=garbage"):
+            async with session.get(f"{system.of('gateway')[0].url}/{bad}") as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"] == "unauthorized"

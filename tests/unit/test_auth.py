@@ -1,0 +1,210 @@
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.auth import AuthError, AuthUnavailable, JwksCache, TokenVerifier, mint
+from shared.settings import JwtSettings
+
+SECRET = "s" * 40
+HS = JwtSettings(secret=SECRET, jwks_url=None, issuer=None, audience=None, algorithms=("HS256",),
+                 user_claim="cognito:username")
+
+
+def claims(**kw):
+    now = int(time.time())
+    return {"cognito:username": "alice", "iat": now, "exp": now + 600, **kw}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def test_hs256_token_names_the_user():
+    assert await TokenVerifier(HS).verify(mint(SECRET, "alice")) == "alice"
+    assert await TokenVerifier(HS).verify("Bearer " + mint(SECRET, "bob")) == "bob"
+
+
+def hmac_token(key: bytes, header, payload) -> str:
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
+    return signing_input + "." + b64(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())
+
+
+def unsigned(payload) -> str:
+    return b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "." + b64(json.dumps(payload).encode()) + "."
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: None, "missing token"),
+        (lambda: "", "missing token"),
+        (lambda: "not.a.jwt", "malformed"),
+        (lambda: "abc", "malformed"),
+        (lambda: unsigned(claims()), "bad signature"),
+        (lambda: jwt.encode(claims(), "another-secret-another-secret-1234", algorithm="HS256"), "bad signature"),
+        (lambda: jwt.encode(claims(), SECRET, algorithm="HS512"), "bad signature"),
+        (lambda: jwt.encode(claims(exp=int(time.time()) - 120), SECRET, algorithm="HS256"), "expired"),
+        (lambda: jwt.encode(claims(nbf=int(time.time()) + 300), SECRET, algorithm="HS256"), "not yet valid"),
+        (lambda: jwt.encode({"cognito:username": "alice"}, SECRET, algorithm="HS256"), "lacks exp"),
+        (lambda: jwt.encode(claims(**{"cognito:username": None}), SECRET, algorithm="HS256"), "must name a user"),
+        (lambda: jwt.encode(claims(**{"cognito:username": "x" * 51}), SECRET, algorithm="HS256"), "must name a user"),
+    ],
+)
+async def test_bad_hs256_tokens_are_refused(make, reason):
+    with pytest.raises(AuthError) as info:
+        await TokenVerifier(HS).verify(make())
+    assert reason in str(info.value)
+
+
+async def test_leeway_is_bounded():
+    verifier = TokenVerifier(HS)
+    assert await verifier.verify(jwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256")) == "alice"
+    with pytest.raises(AuthError):
+        await verifier.verify(jwt.encode(claims(exp=int(time.time()) - 61), SECRET, algorithm="HS256"))
+
+
+async def test_issuer_and_audience_are_checked_when_configured():
+    settings = JwtSettings(secret=SECRET, jwks_url=None, issuer="https://idp", audience="app", algorithms=("HS256",),
+                           user_claim="sub")
+    verifier = TokenVerifier(settings)
+    good = {"sub": "alice", "iss": "https://idp", "aud": "app", "exp": int(time.time()) + 60}
+    assert await verifier.verify(jwt.encode(good, SECRET, algorithm="HS256")) == "alice"
+    for bad, reason in (({"iss": "https://evil"}, "issuer"), ({"aud": "other"}, "audience"),
+                        ({"iss": None}, "lacks iss"), ({"aud": None}, "lacks aud")):
+        payload = {**good, **bad}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        with pytest.raises(AuthError) as info:
+            await verifier.verify(jwt.encode(payload, SECRET, algorithm="HS256"))
+        assert reason in str(info.value)
+
+
+class Jwks:
+    """A real JWKS endpoint on loopback, counting fetches."""
+
+    def __init__(self):
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.fetches = 0
+        self.status = 200
+        self.keys = [self.jwk(self.rsa, "rsa-1", "RS256"), self.jwk(self.ec, "ec-1", "ES256")]
+
+    @staticmethod
+    def jwk(key, kid, alg):
+        data = json.loads(jwt.algorithms.get_default_algorithms()[alg].to_jwk(key.public_key()))
+        return {**data, "kid": kid, "alg": alg, "use": "sig"}
+
+    async def handler(self, request):
+        self.fetches += 1
+        if self.status != 200:
+            return web.Response(status=self.status)
+        return web.json_response({"keys": self.keys})
+
+
+@pytest.fixture
+async def jwks(aiohttp_server_factory):
+    endpoint = Jwks()
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", endpoint.handler)
+    url = await aiohttp_server_factory(app)
+    endpoint.url = url + "/.well-known/jwks.json"
+    return endpoint
+
+
+@pytest.fixture
+async def aiohttp_server_factory():
+    runners = []
+
+    async def start(app):
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def jwks_verifier(endpoint, algorithms=("RS256", "ES256"), refresh=30.0):
+    settings = JwtSettings(secret=None, jwks_url=endpoint.url, issuer=None, audience=None,
+                           algorithms=algorithms, user_claim="cognito:username")
+    return TokenVerifier(settings, JwksCache(endpoint.url, refresh_interval=refresh, timeout=2))
+
+
+async def test_rs256_and_es256_from_jwks(jwks):
+    verifier = jwks_verifier(jwks)
+    try:
+        rs = jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
+        es = jwt.encode(claims(**{"cognito:username": "bob"}), jwks.ec, algorithm="ES256", headers={"kid": "ec-1"})
+        assert await verifier.verify(rs) == "alice"
+        assert await verifier.verify(es) == "bob"
+        assert jwks.fetches == 1  # cached
+    finally:
+        await verifier.close()
+
+
+async def test_jwks_bad_tokens(jwks):
+    verifier = jwks_verifier(jwks)
+    public_pem = jwks.rsa.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cases = {
+        # HS/RS confusion: HMAC keyed with the public key, naming the real kid
+        "confusion": hmac_token(public_pem, {"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}, claims()),
+        "none": b64(json.dumps({"alg": "none", "kid": "rsa-1"}).encode()) + "." + b64(json.dumps(claims()).encode()) + ".",
+        "forged": jwt.encode(claims(), other, algorithm="RS256", headers={"kid": "rsa-1"}),
+        "no kid": jwt.encode(claims(), jwks.rsa, algorithm="RS256"),
+        "expired": jwt.encode(claims(exp=int(time.time()) - 100), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}),
+        "alg not allowed": jwt.encode(claims(), jwks.rsa, algorithm="RS512", headers={"kid": "rsa-1"}),
+    }
+    try:
+        for name, token in cases.items():
+            with pytest.raises(AuthError):
+                await verifier.verify(token)
+    finally:
+        await verifier.close()
+
+
+async def test_unknown_kid_refetches_at_a_bounded_rate(jwks):
+    verifier = jwks_verifier(jwks, refresh=30.0)
+    try:
+        for _ in range(5):
+            with pytest.raises(AuthError) as info:
+                await verifier.verify(jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "nope"}))
+            assert "unknown signing key" in str(info.value)
+        assert jwks.fetches == 1
+    finally:
+        await verifier.close()
+
+
+async def test_rotated_key_is_found_by_refetch(jwks):
+    verifier = jwks_verifier(jwks, refresh=0.0)
+    try:
+        assert await verifier.verify(jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}))
+        rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwks.keys.append(Jwks.jwk(rotated, "rsa-2", "RS256"))
+        assert await verifier.verify(jwt.encode(claims(), rotated, algorithm="RS256", headers={"kid": "rsa-2"})) == "alice"
+        assert jwks.fetches == 2
+    finally:
+        await verifier.close()
+
+
+async def test_jwks_outage_is_unavailable_not_unauthorized(jwks):
+    jwks.status = 500
+    verifier = jwks_verifier(jwks)
+    try:
+        with pytest.raises(AuthUnavailable):
+            await verifier.verify(jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}))
+    finally:
+        await verifier.close()

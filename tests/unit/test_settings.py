@@ -1,0 +1,78 @@
+import pytest
+
+from shared.settings import SettingsError, load
+
+BASE = {
+    "CHAT_DATABASE_URL": "postgresql://chat@db:5432/chat",
+    "CHAT_AMQP_URL": "amqp://guest:guest@mq:5672/",
+    "CHAT_REDIS_URL": "redis://cache:6379/0",
+    "CHAT_JWT_SECRET": "x" * 40,
+}
+
+
+def test_defaults_for_each_service():
+    s = load("gateway", BASE, amqp=True, redis=True, jwt=True)
+    assert (s.port, s.partitions, s.log_level) == (8080, 4, "info")
+    assert s.jwt is not None and s.jwt.algorithms == ("HS256",) and s.jwt.user_claim == "cognito:username"
+    assert load("query", BASE, database=True).port == 8081
+    assert load("writer", BASE, database=True).port == 8082
+    assert load("notifier", BASE, redis=True).port == 8083
+
+
+def test_instance_ids_are_unique_by_default():
+    assert load("gateway", BASE).instance_id != load("gateway", BASE).instance_id
+
+
+@pytest.mark.parametrize(
+    ("change", "needs", "variable"),
+    [
+        ({"CHAT_DATABASE_URL": None}, {"database": True}, "CHAT_DATABASE_URL"),
+        ({"CHAT_DATABASE_URL": ""}, {"database": True}, "CHAT_DATABASE_URL"),
+        ({"CHAT_DATABASE_URL": "mysql://x@y/z"}, {"database": True}, "CHAT_DATABASE_URL"),
+        ({"CHAT_DATABASE_URL": "postgresql://db:notaport/chat"}, {"database": True}, "CHAT_DATABASE_URL"),
+        ({"CHAT_AMQP_URL": None}, {"amqp": True}, "CHAT_AMQP_URL"),
+        ({"CHAT_AMQP_URL": "http://mq"}, {"amqp": True}, "CHAT_AMQP_URL"),
+        ({"CHAT_REDIS_URL": None}, {"redis": True}, "CHAT_REDIS_URL"),
+        ({"CHAT_REDIS_URL": "redis://"}, {"redis": True}, "CHAT_REDIS_URL"),
+        ({"CHAT_PORT": "eighty"}, {}, "CHAT_PORT"),
+        ({"CHAT_PORT": "70000"}, {}, "CHAT_PORT"),
+        ({"CHAT_PARTITIONS": "0"}, {}, "CHAT_PARTITIONS"),
+        ({"CHAT_LOG_LEVEL": "loud"}, {}, "CHAT_LOG_LEVEL"),
+        ({"CHAT_INSTANCE_ID": "has space"}, {}, "CHAT_INSTANCE_ID"),
+        ({"CHAT_ALLOWED_ORIGINS": "example.com"}, {}, "CHAT_ALLOWED_ORIGINS"),
+        ({"CHAT_JWT_SECRET": None}, {"jwt": True}, "CHAT_JWT_SECRET"),
+        ({"CHAT_JWT_SECRET": "short"}, {"jwt": True}, "CHAT_JWT_SECRET"),
+        ({"CHAT_JWT_JWKS_URL": "https://idp/.well-known/jwks.json"}, {"jwt": True}, "CHAT_JWT_SECRET"),
+        ({"CHAT_JWT_ALGORITHMS": "RS256"}, {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
+        ({"CHAT_JWT_ALGORITHMS": "none"}, {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
+        ({"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks", "CHAT_JWT_ALGORITHMS": "HS256"},
+         {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
+        ({"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "ftp://idp/jwks"}, {"jwt": True}, "CHAT_JWT_JWKS_URL"),
+    ],
+)
+def test_bad_or_missing_setting_names_the_variable(change, needs, variable):
+    env = {**BASE, **{k: v for k, v in change.items() if v is not None}}
+    for k, v in change.items():
+        if v is None:
+            env.pop(k, None)
+    with pytest.raises(SettingsError) as info:
+        load("gateway", env, **needs)
+    assert str(info.value).startswith(variable)
+
+
+def test_settings_that_are_not_needed_are_not_read():
+    env = {**BASE, "CHAT_DATABASE_URL": "nonsense"}
+    assert load("notifier", env, amqp=True, redis=True).database_url is None
+
+
+def test_jwks_settings_and_origins():
+    env = {k: v for k, v in BASE.items() if k != "CHAT_JWT_SECRET"}
+    env.update({"CHAT_JWT_JWKS_URL": "https://cognito-idp.eu-west-1.amazonaws.com/pool/.well-known/jwks.json",
+                "CHAT_JWT_ISSUER": "https://cognito-idp.eu-west-1.amazonaws.com/pool", "CHAT_JWT_AUDIENCE": "client",
+                "CHAT_JWT_ALGORITHMS": "RS256, ES256",
+                "CHAT_ALLOWED_ORIGINS": "https://app.example.com, chrome-extension://abcdef/"})
+    s = load("query", env, jwt=True)
+    assert s.jwt is not None
+    assert s.jwt.algorithms == ("RS256", "ES256") and s.jwt.secret is None
+    assert s.jwt.issuer.endswith("/pool") and s.jwt.audience == "client"
+    assert s.allowed_origins == {"https://app.example.com", "chrome-extension://abcdef"}
