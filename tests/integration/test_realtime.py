@@ -1,0 +1,211 @@
+"""The real-time path against real servers: PageNow's frames, several instances, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import uuid
+
+import aiohttp
+import pytest
+
+from ..harness import System, WsClient, token
+
+ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+async def stored(system: System, cid: uuid.UUID) -> list[dict]:
+    conn = await system.db()
+    try:
+        rows = await conn.fetch("SELECT id, seq, sender_id, temp_message_id, content FROM messages "
+                                "WHERE conversation_id = $1 ORDER BY seq", cid)
+        return [dict(r) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def count_messages(system: System) -> int:
+    conn = await system.db()
+    try:
+        return await conn.fetchval("SELECT count(*) FROM messages")
+    finally:
+        await conn.close()
+
+
+def echo_of(temp_id: str):
+    return lambda frames: next((f for f in frames if f.get("type") == "new-message" and f["tempMessageId"] == temp_id),
+                               None)
+
+
+async def test_pagenow_frames_produce_pagenow_frames(system):
+    await system.start_all()
+    cid = await system.conversation(["alice", "bob"])
+    alice, bob = await system.connect("alice"), await system.connect("bob")
+    # exactly what PageNow's background.js sends
+    await alice.send(json.dumps({"action": "send-message", "tempMessageId": "1639811507123",
+                                 "conversationId": str(cid), "content": "Hello Bob"}))
+    echo = await alice.wait_for(echo_of("1639811507123"))
+    assert set(echo) == {"type", "messageId", "tempMessageId", "conversationId", "senderId", "content", "sentAt", "seq"}
+    assert echo["tempMessageId"] == "1639811507123"
+    assert echo["conversationId"] == str(cid) and echo["senderId"] == "alice" and echo["content"] == "Hello Bob"
+    assert ISO_Z.match(echo["sentAt"]) and echo["seq"] == 1
+    uuid.UUID(echo["messageId"])
+    assert await bob.wait_for(echo_of("1639811507123")) == echo
+
+    await bob.send(json.dumps({"action": "read-messages", "conversationId": str(cid)}))
+    assert await bob.wait_frame(type="read-messages") == {"type": "read-messages", "conversationId": str(cid),
+                                                          "userId": "bob", "lastReadSeq": 1}
+    assert await alice.wait_frame(type="read-receipt") == {"type": "read-receipt", "conversationId": str(cid),
+                                                           "userId": "bob", "lastReadSeq": 1}
+    await bob.send(json.dumps({"action": "heartbeat"}))
+    await bob.send(json.dumps({"action": "typing", "conversationId": str(cid)}))
+    assert await alice.wait_frame(type="typing") == {"type": "typing", "conversationId": str(cid), "userId": "bob"}
+    await asyncio.sleep(0.3)
+    assert not bob.of_type("typing") and not bob.of_type("error")  # typing is for the others; heartbeat is silent
+
+    conn = await system.db()
+    try:
+        row = await conn.fetchrow("SELECT last_read_seq FROM participants WHERE conversation_id=$1 AND user_id='bob'",
+                                  cid)
+        latest = await conn.fetchrow("SELECT last_seq, last_content, last_sender_id FROM conversations WHERE id=$1", cid)
+    finally:
+        await conn.close()
+    assert row["last_read_seq"] == 1
+    assert dict(latest) == {"last_seq": 1, "last_content": "Hello Bob", "last_sender_id": "alice"}
+
+
+async def test_resending_a_temp_message_id_stores_one_message(system):
+    await system.start_all()
+    cid = await system.conversation(["alice", "bob"])
+    alice = await system.connect("alice")
+    await alice.send_message(cid, "once", temp_id="same")
+    first = await alice.wait_for(echo_of("same"))
+    await alice.send_message(cid, "once", temp_id="same")
+    await alice.send_message(cid, "once again", temp_id="same")
+    await alice.wait_for(lambda fs: len([f for f in fs if f.get("tempMessageId") == "same"]) >= 3)
+    echoes = [f for f in alice.frames if f.get("tempMessageId") == "same"]
+    assert {(e["messageId"], e["seq"], e["content"]) for e in echoes} == {(first["messageId"], 1, "once")}
+    assert len(await stored(system, cid)) == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{bad json", "invalid_frame"),
+        ({"action": "shout", "conversationId": "x"}, "unknown_action"),
+        ({"action": "send-message", "tempMessageId": "t", "content": "hi"}, "missing_field"),
+        ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": " \n "}, "empty_content"),
+        ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "x" * 1001},
+         "content_too_long"),
+    ],
+)
+async def test_bad_frames_get_their_error_and_store_nothing(system, frame, code):
+    await system.start_all()
+    cid = await system.conversation(["alice", "bob"])
+    alice = await system.connect("alice")
+    if isinstance(frame, dict):
+        frame = json.dumps({k: (str(cid) if v == "CID" else v) for k, v in frame.items()})
+    await alice.send(frame)
+    error = await alice.wait_frame(type="error")
+    assert error["code"] == code
+    await alice.send_message(cid, "a good one", temp_id="good")  # the socket stays usable
+    await alice.wait_for(echo_of("good"))
+    assert [m["temp_message_id"] for m in await stored(system, cid)] == ["good"]
+
+
+async def test_non_participant_cannot_send_or_read(system):
+    await system.start_all()
+    cid = await system.conversation(["alice", "bob"])
+    mallory, alice = await system.connect("mallory"), await system.connect("alice")
+    await mallory.send_message(cid, "let me in", temp_id="m1")
+    error = await mallory.wait_frame(type="error")
+    assert error == {"type": "error", "code": "not_a_participant", "message": error["message"],
+                     "action": "send-message", "tempMessageId": "m1"}
+    await mallory.send({"action": "read-messages", "conversationId": str(cid)})
+    await mallory.wait_for(lambda fs: len([f for f in fs if f.get("type") == "error"]) == 2)
+    assert mallory.of_type("error")[1]["code"] == "not_a_participant"
+    assert mallory.of_type("error")[1]["action"] == "read-messages"
+    await mallory.send_message(uuid.uuid4(), "anyone?", temp_id="m2")
+    await mallory.wait_frame(type="error", tempMessageId="m2", code="unknown_conversation")
+    assert await stored(system, cid) == []
+    await asyncio.sleep(0.3)
+    assert alice.frames == []  # nobody receives what was not stored
+
+
+async def test_several_instances_every_connection_gets_every_event_in_order(system):
+    # 2 gateways, 2 writers, 2 notifiers
+    await system.start_all(gateways=2, writers=2, notifiers=2)
+    senders = [f"user{i}" for i in range(10)]
+    cid = await system.conversation(["watcher", *senders], title="all", group=True)
+    watchers = [await system.connect("watcher", gateway=g) for g in (0, 1, 1)]  # 3 connections over both gateways
+    clients = {u: await system.connect(u, gateway=i % 2) for i, u in enumerate(senders)}
+    per_sender = 20
+
+    async def send_all(user: str, client: WsClient) -> None:
+        for i in range(per_sender):
+            await client.send_message(cid, f"{user} #{i}", temp_id=f"{user}-{i}")
+
+    await asyncio.gather(*(send_all(u, c) for u, c in clients.items()))
+    total = per_sender * len(senders)
+    for watcher in watchers:
+        await watcher.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= total,
+                               timeout=30)
+    rows = await stored(system, cid)
+    assert [r["seq"] for r in rows] == list(range(1, total + 1))  # gapless
+    for user in senders:  # each sender's messages in the order it sent them
+        assert [r["temp_message_id"] for r in rows if r["sender_id"] == user] == [f"{user}-{i}" for i in range(per_sender)]
+    for watcher in watchers:
+        seen = [f for f in watcher.frames if f.get("type") == "new-message"]
+        by_id = {f["messageId"]: f for f in seen}
+        assert {r["id"].__str__() for r in rows} == set(by_id)
+        seqs = [f["seq"] for f in seen]
+        assert seqs == sorted(seqs)  # each connection gets the conversation's events in seq order
+    for user, client in clients.items():
+        await client.wait_for(lambda fs: len([f for f in fs if f.get("type") == "new-message"]) >= total)
+        assert not client.of_type("error")
+
+
+async def test_a_user_with_connections_on_both_gateways_gets_reads_and_receipts_on_each(system):
+    await system.start_all(gateways=2)
+    cid = await system.conversation(["alice", "bob"])
+    alices = [await system.connect("alice", gateway=g) for g in (0, 1)]
+    bobs = [await system.connect("bob", gateway=g) for g in (1, 0, 1)]
+    await alices[0].send_message(cid, "hi", temp_id="h")
+    for c in alices + bobs:
+        await c.wait_for(echo_of("h"))
+    await bobs[0].send({"action": "read-messages", "conversationId": str(cid)})
+    for bob in bobs:
+        assert (await bob.wait_frame(type="read-messages"))["lastReadSeq"] == 1
+    for alice in alices:
+        assert (await alice.wait_frame(type="read-receipt"))["userId"] == "bob"
+
+
+async def test_oversized_frame_closes_with_1009(system):
+    await system.start_all()
+    client = await system.connect("alice")
+    await client.send("x" * (64 * 1024 + 1))
+    assert await client.wait_closed() == 1009
+
+
+async def test_gateway_shutdown_closes_sockets_with_1001(system):
+    await system.start_all()
+    clients = [await system.connect("alice"), await system.connect("bob")]
+    gateway = system.of("gateway")[0]
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert [await c.wait_closed() for c in clients] == [1001, 1001]
+    assert await asyncio.to_thread(gateway.proc.wait, 20) == 0
+
+
+async def test_disallowed_origin_is_refused_before_the_upgrade(system):
+    await system.start("writer")
+    await system.start("notifier")
+    gateway = await system.start("gateway", env={"CHAT_ALLOWED_ORIGINS": "https://app.example.com"})
+    async with aiohttp.ClientSession() as session:
+        url = f"{gateway.url}/?Authorization={token('alice')}"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(url, origin="https://evil.example.com")
+        assert info.value.status == 403
+        ws = await session.ws_connect(url, origin="https://app.example.com")
+        await ws.close()
