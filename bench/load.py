@@ -1,0 +1,239 @@
+"""Load generator for the real-time path: send-to-delivery latency and delivered messages/s.
+
+It starts its own private Postgres, Redis and RabbitMQ (shared/devstack.py, ports 35431-35435)
+and the services, as processes on this machine, creates ``--users`` users in conversations of
+``--size``, opens one WebSocket per user and sends at ``--rate`` messages/s in total, spread
+evenly over the users. Latency is measured from just before a send to the arrival of the
+``new-message`` frame at each participant's connection (the sender's echo included).
+
+    python bench/load.py --users 500 --size 5 --rate 1000 --seconds 20
+    python bench/load.py --users 500 --size 5 --step 250,500,1000,2000,3000 --seconds 15
+
+Step mode runs each rate in turn and reports the highest one that kept p99 <= 200 ms with
+nothing lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.auth import mint  # noqa: E402
+from shared.devstack import Stack  # noqa: E402
+from shared.migrate import migrate  # noqa: E402
+
+SECRET = "bench-secret-bench-secret-bench-secret-0123"
+BIN = Path(sys.executable).parent
+decoder = msgspec.json.Decoder()
+
+
+@dataclass
+class Stats:
+    sent_at: dict[str, int] = field(default_factory=dict)  # tempMessageId -> ns
+    latencies: list[float] = field(default_factory=list)  # ms
+    delivered: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seen: set[tuple[int, str]] = field(default_factory=set)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def reader(index: int, ws: aiohttp.ClientWebSocketResponse, stats: Stats) -> None:
+    async for msg in ws:
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            continue
+        now = time.perf_counter_ns()
+        frame = decoder.decode(msg.data)
+        kind = frame.get("type")
+        if kind == "new-message":
+            key = (index, frame["messageId"])
+            if key in stats.seen:
+                continue
+            stats.seen.add(key)
+            started = stats.sent_at.get(frame["tempMessageId"])
+            if started is not None:
+                stats.latencies.append((now - started) / 1e6)
+            stats.delivered += 1
+        elif kind == "error":
+            stats.errors[frame["code"]] = stats.errors.get(frame["code"], 0) + 1
+
+
+async def run_step(conns, conversations, size: int, rate: float, seconds: float, stats: Stats) -> dict:
+    users = len(conns)
+    per_user_interval = users / rate
+    sent = 0
+    start_delivered = stats.delivered
+    stats.latencies.clear()
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def sender(i: int) -> None:
+        nonlocal sent
+        ws = conns[i]
+        cid = conversations[i // size]
+        next_at = started + random.random() * per_user_interval
+        n = 0
+        while True:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.perf_counter() >= deadline:
+                return
+            temp_id = f"{i}-{rate}-{n}"
+            n += 1
+            stats.sent_at[temp_id] = time.perf_counter_ns()
+            await ws.send_str(msgspec.json.encode({"action": "send-message", "tempMessageId": temp_id,
+                                                   "conversationId": cid, "content": "x" * 40}).decode())
+            sent += 1
+            next_at += per_user_interval
+
+    await asyncio.gather(*(sender(i) for i in range(users)))
+    send_seconds = time.perf_counter() - started
+    expected = sent * size
+    drain_deadline = time.perf_counter() + 10
+    while stats.delivered - start_delivered < expected and time.perf_counter() < drain_deadline:
+        await asyncio.sleep(0.05)
+    delivered = stats.delivered - start_delivered
+    return {
+        "rate": rate, "sent": sent, "send_rate": round(sent / send_seconds, 1),
+        "delivered_per_s": round(delivered / send_seconds, 1), "expected": expected, "lost": expected - delivered,
+        "p50_ms": round(percentile(stats.latencies, 50), 1), "p99_ms": round(percentile(stats.latencies, 99), 1),
+        "errors": dict(stats.errors),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    state = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    stack = Stack.at(state, 35430, fsync=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await asyncio.to_thread(stack.start)
+        dsn = stack.postgres.dsn()
+        await migrate(dsn)
+        env = {**os.environ, "CHAT_DATABASE_URL": dsn, "CHAT_AMQP_URL": stack.rabbitmq.url(),
+               "CHAT_REDIS_URL": stack.redis.url(), "CHAT_JWT_SECRET": SECRET, "CHAT_HOST": "127.0.0.1",
+               "CHAT_LOG_LEVEL": "warning", "CHAT_PARTITIONS": str(args.partitions)}
+        gateway_ports = []
+        port = 36000
+        for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
+            for _ in range(count):
+                port += 1
+                procs.append(subprocess.Popen([str(BIN / f"chat-{name}")], env={**env, "CHAT_PORT": str(port)},
+                                              stdout=open(state / f"{name}-{port}.log", "ab"), stderr=subprocess.STDOUT))
+                if name == "gateway":
+                    gateway_ports.append(port)
+        async with aiohttp.ClientSession() as session:
+            for p in range(36001, port + 1):
+                for _ in range(300):
+                    try:
+                        async with session.get(f"http://127.0.0.1:{p}/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+
+            users = [f"u{i}" for i in range(args.users)]
+            conversations = []
+            conn = await asyncpg.connect(dsn)
+            for g in range(0, len(users), args.size):
+                cid = uuid.uuid4()
+                members = users[g:g + args.size]
+                await conn.execute("INSERT INTO conversations (id, title, is_group, created_by) VALUES ($1,'b',true,$2)",
+                                   cid, members[0])
+                await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
+                                       [(cid, m) for m in members])
+                conversations.append(str(cid))
+            await conn.close()
+
+            stats = Stats()
+            conns = []
+            for i, user in enumerate(users):
+                gw = gateway_ports[i % len(gateway_ports)]
+                ws = await session.ws_connect(f"http://127.0.0.1:{gw}/?Authorization={mint(SECRET, user)}",
+                                              max_msg_size=0)
+                conns.append(ws)
+            readers = [asyncio.create_task(reader(i, ws, stats)) for i, ws in enumerate(conns)]
+            await asyncio.sleep(13)  # the registry is trusted after one full lease-refresh interval
+
+            rates = [float(r) for r in args.step.split(",")] if args.step else [args.rate]
+            best = None
+            print(f"# {args.users} users, conversations of {args.size}, {args.gateways} gateway(s), "
+                  f"{args.writers} writer(s), {args.notifiers} notifier(s), {args.seconds}s per step; "
+                  f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+            print("rate  sent/s  delivered/s  p50_ms  p99_ms  lost  errors", flush=True)
+            for rate in rates:
+                stats.errors.clear()
+                result = await run_step(conns, conversations, args.size, rate, args.seconds, stats)
+                print(f"{result['rate']:>5.0f} {result['send_rate']:>7} {result['delivered_per_s']:>12} "
+                      f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['lost']:>5}  {result['errors'] or ''}",
+                      flush=True)
+                ok = result["p99_ms"] <= 200 and result["lost"] == 0 and not result["errors"]
+                if ok:
+                    best = result
+                elif args.step:
+                    break
+                await asyncio.sleep(2)
+            if args.step:
+                print(f"highest rate with p99 <= 200 ms and nothing lost: {best['rate'] if best else 'none'} msg/s")
+            for ws in conns:
+                await ws.close()
+            for task in readers:
+                task.cancel()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await asyncio.to_thread(stack.stop)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--size", type=int, default=5, help="participants per conversation")
+    parser.add_argument("--rate", type=float, default=500, help="messages per second, in total")
+    parser.add_argument("--step", help="comma-separated rates to try in turn (step mode)")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--gateways", type=int, default=1)
+    parser.add_argument("--writers", type=int, default=1)
+    parser.add_argument("--notifiers", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
