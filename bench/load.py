@@ -144,7 +144,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                               stdout=open(state / f"{name}-{port}.log", "ab"), stderr=subprocess.STDOUT))
                 if name == "gateway":
                     gateway_ports.append(port)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             for p in range(36001, port + 1):
                 for _ in range(300):
                     try:

@@ -7,13 +7,14 @@ close sockets with 1001 -> stop consuming deliveries -> drop leases -> close bro
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from shared import envelope, log as logging, topology
-from shared.amqp import Broker, Poison
+from shared.amqp import Broker
 from shared.auth import TokenVerifier
 from shared.ops import access_log, add_routes
 from shared.registry import REFRESH_SECONDS, Registry, redis_client
@@ -34,21 +35,18 @@ def create_app(settings: Settings) -> web.Application:
     redis = redis_client(settings.redis_url or "")
     hub = Hub()
 
-    async def deliver(body: bytes) -> None:
-        try:
-            batch = envelope.decode(envelope.Deliveries, body)
-        except envelope.EnvelopeError as exc:
-            raise Poison(str(exc)) from None
-        for item in batch.items:
-            for conn in hub.targets(item.users, item.conn):
-                conn.push(item.frame)
+    async def deliver(batches: list[envelope.Deliveries]) -> None:
+        for batch in batches:
+            for item in batch.items:
+                for conn in hub.targets(item.users, item.conn):
+                    conn.push(item.frame)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         await topology.declare_commands(channel, settings.partitions)
         queue = await topology.declare_gateway_queue(channel, settings.instance_id)
-        await broker.add_worker(queue, deliver)
+        await broker.consume([queue], partial(envelope.decode, envelope.Deliveries), deliver)
 
     broker = Broker(settings.amqp_url or "", name=f"gateway:{settings.instance_id}", setup=setup)
     assert settings.jwt is not None

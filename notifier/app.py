@@ -9,6 +9,7 @@ in place, so nothing is skipped; a gateway that is gone (its queue deleted) is s
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import prometheus_client
 from aio_pika.abc import AbstractConnection
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import envelope, log as logging, topology
-from shared.amqp import Broker, Poison, Retryable, Unavailable, Unroutable
+from shared.amqp import Broker, Retryable, Unavailable, Unroutable
 from shared.ops import ops_app
 from shared.registry import Registry, now_ms, redis_client, registry_trusted
 from shared.settings import Settings
@@ -25,7 +26,7 @@ from shared.settings import Settings
 from .routing import BROADCAST, plan, users_of
 
 log = logging.get(__name__)
-PREFETCH = 8
+PREFETCH = 64
 
 DELIVERIES = prometheus_client.Counter("chat_deliveries_published_total", "Delivery batches sent to gateways", ["mode"])
 FRAMES = prometheus_client.Counter("chat_frames_routed_total", "Frames routed to gateway instances")
@@ -45,21 +46,19 @@ class Notifier:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         await topology.declare_deliveries(channel)
-        for queue in await topology.declare_events(channel, self.settings.partitions):
-            await self.broker.add_worker(queue, self.handle)
+        queues = await topology.declare_events(channel, self.settings.partitions)
+        await self.broker.consume(queues, partial(envelope.decode, envelope.Events), self.handle, max_batch=PREFETCH)
 
-    async def handle(self, body: bytes) -> None:
-        try:
-            batch = envelope.decode(envelope.Events, body)
-        except envelope.EnvelopeError as exc:
-            raise Poison(str(exc)) from None
+    async def handle(self, batches: list[envelope.Events]) -> None:
+        """Route everything that has arrived: one Redis round trip, one publish per gateway."""
+        events = [event for batch in batches for event in batch.items]
         started = time.perf_counter()
         try:
-            located, since = await self.registry.instances(users_of(batch.items))
+            located, since = await self.registry.instances(users_of(events))
         except RedisError as exc:
             raise Retryable(f"redis: {exc.__class__.__name__}") from None
         trusted = registry_trusted(since, now_ms())
-        deliveries = plan(batch.items, located, trusted)
+        deliveries = plan(events, located, trusted)
         for instance, items in deliveries.items():
             body_out = envelope.encode(envelope.Deliveries(items=items))
             try:
@@ -76,7 +75,7 @@ class Notifier:
             FRAMES.inc(len(items))
         elapsed = time.perf_counter() - started
         BATCH_SECONDS.observe(elapsed)
-        log.info("events_routed", events=len(batch.items), gateways=len(deliveries), trusted=trusted,
+        log.info("events_routed", messages=len(batches), events=len(events), gateways=len(deliveries), trusted=trusted,
                  ms=round(elapsed * 1000, 2))
 
 

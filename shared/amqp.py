@@ -6,11 +6,11 @@ connect does not retry (#202). Instead :class:`Broker` runs an explicit loop: co
 start consumers, wait for the connection to close, tear everything down, back off, repeat.
 While it is down, ``ready`` is false and ``publish`` fails at once with :class:`Unavailable`.
 
-Consumers follow one rule (Zulip's queue workers, arq): a handler *states an outcome*. It
-returns (ack), raises :class:`Retryable` (kept, retried in place with backoff, so order is kept),
-or raises :class:`Poison` (rejected without requeue, into the dead-letter queue). Any other
-exception is a bug: the message is requeued after a pause and, being a quorum queue with a
-delivery limit, dead-lettered if it keeps failing.
+Consumers follow one rule (Zulip's queue workers, arq): code *states an outcome*. A body that
+cannot be decoded raises :class:`Poison` (rejected without requeue, into the dead-letter
+queue). The handler then returns (ack), or raises :class:`Retryable` (kept, retried in place
+with backoff, so order is kept). Any other exception is a bug: the batch is requeued after a
+pause and, being in a quorum queue with a delivery limit, dead-lettered if it keeps failing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
@@ -46,72 +47,99 @@ class Poison(Exception):
     """The message can never be processed; dead-letter it."""
 
 
-Handler = Callable[[bytes], Awaitable[None]]
+T = TypeVar("T")
+Decode = Callable[[bytes], T]
+Handle = Callable[[list[T]], Awaitable[None]]
 Setup = Callable[[AbstractConnection], Awaitable[None]]
 
 
-class QueueWorker:
-    """Consumes one queue on a channel, one message at a time, in order."""
+class Consumer(Generic[T]):
+    """Consumes queues on one channel in batches: whatever has arrived is handled together.
 
-    def __init__(self, queue: AbstractQueue, handler: Handler, *, name: str) -> None:
-        self.queue = queue
-        self.handler = handler
+    One AMQP message already carries a batch; under load several are waiting, and handling
+    them in one go (one transaction, one Redis round trip, one publish per destination) is
+    what keeps the per-message cost low. Messages are taken in delivery order, so each queue's
+    order is kept, and the batch is settled with a single ``ack(multiple=True)``.
+    """
+
+    def __init__(self, queues: list[AbstractQueue], decode: Decode[T], handle: Handle[T], *, name: str,
+                 max_batch: int = 256) -> None:
+        self.queues = queues
+        self.decode = decode
+        self.handle = handle
         self.name = name
+        self.max_batch = max_batch
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._tag: str | None = None
+        self._tags: list[tuple[AbstractQueue, str]] = []
         self._task: asyncio.Task[None] | None = None
         self._current: asyncio.Future[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"worker:{self.name}")
-        self._tag = await self.queue.consume(self._inbox.put, no_ack=False)
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.name}")
+        for queue in self.queues:
+            self._tags.append((queue, await queue.consume(self._receive, no_ack=False)))
+
+    async def _receive(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(message)
 
     async def _run(self) -> None:
         while True:
-            message = await self._inbox.get()  # cancelling here is safe: nothing in hand
-            self._current = asyncio.ensure_future(self._process(message))
+            batch = [await self._inbox.get()]  # cancelling here is safe: nothing in hand
+            while len(batch) < self.max_batch and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            self._current = asyncio.ensure_future(self._process(batch))
             try:
                 await asyncio.shield(self._current)
             finally:
                 if self._current.done():
                     self._current = None
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
+        kept: list[AbstractIncomingMessage] = []
+        items: list[T] = []
+        for message in messages:
+            try:
+                items.append(self.decode(message.body))
+                kept.append(message)
+            except (Poison, ValueError) as exc:  # undecodable: no retry can help
+                log.error("message_dead_lettered", consumer=self.name, reason=str(exc)[:500])
+                await _settle(message.reject(requeue=False))
+        if not kept:
+            return
+        last = kept[-1]
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                await self.handler(message.body)
-            except Poison as exc:
-                log.error("message_dead_lettered", queue=self.name, reason=str(exc)[:500])
-                await _settle(message.reject(requeue=False))
-                return
+                await self.handle(items)
             except Retryable as exc:
-                if self._stopping or message.channel.is_closed:
-                    await _settle(message.nack(requeue=True))
+                if self._stopping or last.channel.is_closed:
+                    await _settle(last.nack(multiple=True, requeue=True))
                     return
-                log.warning("message_retry", queue=self.name, error=str(exc)[:300], retry_in=delay)
+                log.warning("batch_retry", consumer=self.name, error=str(exc)[:300], retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             except Exception:
-                log.exception("message_failed", queue=self.name)
+                log.exception("batch_failed", consumer=self.name)
                 await asyncio.sleep(1.0)
-                await _settle(message.nack(requeue=True))
+                await _settle(last.nack(multiple=True, requeue=True))  # counts toward the delivery limit
                 return
-            await _settle(message.ack())
-            log.debug("message_processed", queue=self.name, ms=round((time.perf_counter() - started) * 1000, 2))
+            await _settle(last.ack(multiple=True))
+            log.debug("batch_processed", consumer=self.name, messages=len(kept),
+                      ms=round((time.perf_counter() - started) * 1000, 2))
             return
 
     async def stop(self) -> None:
-        """Stop consuming, finish the message in hand; unstarted ones are requeued by the broker."""
+        """Stop consuming, finish the batch in hand; unstarted ones are requeued by the broker."""
         self._stopping = True
-        if self._tag is not None and not self.queue.channel.is_closed:
-            try:
-                await asyncio.wait_for(self.queue.cancel(self._tag), 5)
-            except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
-                pass
+        for queue, tag in self._tags:
+            if not queue.channel.is_closed:
+                try:
+                    await asyncio.wait_for(queue.cancel(tag), 5)
+                except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
+                    pass
         if self._task is not None:
             self._task.cancel()
             try:
@@ -140,7 +168,7 @@ class Broker:
         self.connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._workers: list[QueueWorker] = []
+        self._workers: list[Consumer] = []  # type: ignore[type-arg]
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lost = asyncio.Event()
@@ -156,12 +184,13 @@ class Broker:
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
-    async def add_worker(self, queue: AbstractQueue, handler: Handler) -> QueueWorker:
-        """Called from ``setup``: consume ``queue``; stopped and dropped with its connection."""
-        worker = QueueWorker(queue, handler, name=queue.name)
-        self._workers.append(worker)
-        await worker.start()
-        return worker
+    async def consume(self, queues: list[AbstractQueue], decode: Decode[T], handle: Handle[T], *,
+                      max_batch: int = 256) -> Consumer[T]:
+        """Called from ``setup``: consume ``queues`` in batches; stopped and dropped with the connection."""
+        consumer = Consumer(queues, decode, handle, name=",".join(q.name for q in queues), max_batch=max_batch)
+        self._workers.append(consumer)
+        await consumer.start()
+        return consumer
 
     async def _run(self) -> None:
         backoff = 0.25

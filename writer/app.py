@@ -8,13 +8,14 @@ acked. A crash anywhere in between means redelivery, which the idempotent store 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import envelope, log as logging, topology
-from shared.amqp import Broker, Poison, Retryable, Unavailable
+from shared.amqp import Broker, Retryable, Unavailable
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
 from shared.events import publish_events
 from shared.ops import ops_app
@@ -23,7 +24,7 @@ from shared.settings import Settings
 from .store import store
 
 log = logging.get(__name__)
-PREFETCH = 8
+PREFETCH = 64
 
 STORED = prometheus_client.Counter("chat_messages_stored_total", "Messages newly stored")
 DUPLICATES = prometheus_client.Counter("chat_messages_duplicate_total", "Sends that were already stored")
@@ -49,18 +50,16 @@ class Writer:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         await topology.declare_events(channel, self.settings.partitions)
-        for queue in await topology.declare_commands(channel, self.settings.partitions):
-            await self.broker.add_worker(queue, self.handle)
+        queues = await topology.declare_commands(channel, self.settings.partitions)
+        await self.broker.consume(queues, partial(envelope.decode, envelope.Commands), self.handle, max_batch=PREFETCH)
 
-    async def handle(self, body: bytes) -> None:
-        try:
-            batch = envelope.decode(envelope.Commands, body)
-        except envelope.EnvelopeError as exc:
-            raise Poison(str(exc)) from None
+    async def handle(self, batches: list[envelope.Commands]) -> None:
+        """Store everything that has arrived in one transaction, announce it, then (caller) ack."""
+        commands = [command for batch in batches for command in batch.items]
         started = time.perf_counter()
         try:
             async with self.db.acquire() as conn, conn.transaction():
-                outcome = await store(conn, batch.items)
+                outcome = await store(conn, commands)
         except (DatabaseUnavailable, *TRANSIENT) as exc:
             raise Retryable(f"database: {exc.__class__.__name__}") from None
         try:
@@ -74,8 +73,8 @@ class Writer:
             if isinstance(event, envelope.CommandRejected):
                 REJECTED.labels(event.code).inc()
         BATCH_SECONDS.observe(elapsed)
-        BATCH_SIZE.observe(len(batch.items))
-        log.info("batch_stored", commands=len(batch.items), stored=outcome.stored, duplicates=outcome.duplicates,
+        BATCH_SIZE.observe(len(commands))
+        log.info("batch_stored", messages=len(batches), commands=len(commands), stored=outcome.stored, duplicates=outcome.duplicates,
                  rejected=outcome.rejected, ms=round(elapsed * 1000, 2))
 
 

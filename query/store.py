@@ -1,0 +1,115 @@
+"""The query service's SQL, next to the functions that run it. One or two indexed queries each."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from .paging import HistoryPage, ListPage, NewConversation, below_for, direct_key
+
+LIST = """
+SELECT c.id, c.title, c.is_group, c.last_sent_at, c.last_content, c.last_sender_id, c.last_seq, p.last_read_seq,
+       ARRAY(SELECT o.user_id FROM participants o WHERE o.conversation_id = c.id ORDER BY o.user_id) AS participant_ids
+FROM participants p
+JOIN conversations c ON c.id = p.conversation_id
+WHERE p.user_id = $1
+  AND c.last_seq > 0
+  AND ($2::timestamptz IS NULL OR (c.last_sent_at, c.id) < ($2::timestamptz, $3::uuid))
+  AND ($4::boolean IS NULL OR (p.last_read_seq >= c.last_seq) = $4::boolean)
+ORDER BY c.last_sent_at DESC, c.id DESC
+LIMIT $5
+"""
+
+
+async def conversations(conn: asyncpg.Connection, user: str, page: ListPage) -> list[asyncpg.Record]:
+    before_at, before_id = page.before if page.before else (None, None)
+    return await conn.fetch(LIST, user, before_at, before_id, page.is_read, page.limit)
+
+
+ONE = """
+SELECT c.id, c.title, c.is_group, c.created_by, c.created_at, c.last_seq,
+       ARRAY(SELECT o.user_id FROM participants o WHERE o.conversation_id = c.id ORDER BY o.user_id) AS participant_ids
+FROM conversations c
+JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
+WHERE c.id = $1
+"""
+
+
+async def conversation(conn: asyncpg.Connection, cid: uuid.UUID, user: str) -> asyncpg.Record | None:
+    """The conversation if ``user`` is in it; None otherwise (no existence leak)."""
+    return await conn.fetchrow(ONE, cid, user)
+
+
+MEMBER_LAST_SEQ = """
+SELECT c.last_seq FROM conversations c
+JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
+WHERE c.id = $1
+"""
+
+NEWEST_FIRST = """
+SELECT id, conversation_id, seq, sender_id, content, sent_at FROM messages
+WHERE conversation_id = $1 AND seq < $2
+ORDER BY seq DESC LIMIT $3
+"""
+
+OLDEST_FIRST = """
+SELECT id, conversation_id, seq, sender_id, content, sent_at FROM messages
+WHERE conversation_id = $1 AND seq > $2
+ORDER BY seq ASC LIMIT $3
+"""
+
+
+async def history(conn: asyncpg.Connection, cid: uuid.UUID, user: str, page: HistoryPage) -> list[asyncpg.Record] | None:
+    """A page of messages, or None when ``user`` is not in the conversation."""
+    last_seq = await conn.fetchval(MEMBER_LAST_SEQ, cid, user)
+    if last_seq is None:
+        return None
+    if page.newest_first:
+        below = below_for(page, last_seq)
+        rows = await conn.fetch(NEWEST_FIRST, cid, below if below is not None else last_seq + 1, page.limit)
+    else:
+        rows = await conn.fetch(OLDEST_FIRST, cid, page.above, page.limit)
+    return list(reversed(rows)) if page.reverse else rows
+
+
+PARTICIPANTS = """
+SELECT o.user_id FROM participants o
+WHERE o.conversation_id = $1 AND EXISTS (SELECT 1 FROM participants me WHERE me.conversation_id = $1 AND me.user_id = $2)
+ORDER BY o.user_id
+"""
+
+
+async def participants(conn: asyncpg.Connection, cid: uuid.UUID, user: str) -> list[str]:
+    return [r["user_id"] for r in await conn.fetch(PARTICIPANTS, cid, user)]
+
+
+DIRECT = "SELECT id FROM conversations WHERE direct_key = $1"
+
+
+async def direct(conn: asyncpg.Connection, user: str, other: str) -> uuid.UUID | None:
+    return await conn.fetchval(DIRECT, direct_key(user, other))
+
+
+INSERT_CONVERSATION = """
+INSERT INTO conversations (id, title, is_group, created_by, created_at, direct_key)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (direct_key) DO NOTHING
+RETURNING id
+"""
+
+INSERT_PARTICIPANTS = """
+INSERT INTO participants (conversation_id, user_id) SELECT $1, u FROM unnest($2::text[]) AS u
+"""
+
+
+async def create(conn: asyncpg.Connection, caller: str, new: NewConversation, now: datetime) -> tuple[uuid.UUID, bool]:
+    """Create the conversation, or find the pair's direct one; returns (id, created)."""
+    key = None if new.is_group else direct_key(caller, new.recipients[0])
+    async with conn.transaction():
+        cid = await conn.fetchval(INSERT_CONVERSATION, uuid.uuid4(), new.title, new.is_group, caller, now, key)
+        if cid is None:  # the pair already has its direct conversation
+            return await conn.fetchval(DIRECT, key), False
+        await conn.execute(INSERT_PARTICIPANTS, cid, [caller, *new.recipients])
+    return cid, True
