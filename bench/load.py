@@ -96,11 +96,12 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
         next_at = started + random.random() * per_user_interval
         n = 0
         while True:
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.perf_counter() >= deadline:
+            now = time.perf_counter()
+            if next_at >= deadline:
+                await asyncio.sleep(max(0.0, deadline - now))
                 return
+            if next_at > now:
+                await asyncio.sleep(next_at - now)
             temp_id = f"{i}-{rate}-{n}"
             n += 1
             stats.sent_at[temp_id] = time.perf_counter_ns()

@@ -36,6 +36,11 @@ class Outcome:
     rejected: int = 0
 
 
+def _columns(rows: list[tuple], width: int) -> list[list]:  # type: ignore[type-arg]
+    """Rows to the column arrays that unnest() takes."""
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+
+
 def _now_ms() -> datetime:
     now = datetime.now(timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -64,12 +69,12 @@ def _invalid(cmd: Command) -> str | None:
     return None
 
 
+# Lock the batch's conversations (in id order, so concurrent writers cannot deadlock) and read
+# their counters and members in the same round trip.
 LOCK_CONVERSATIONS = """
-SELECT id, last_seq FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
-"""
-
-PARTICIPANTS = """
-SELECT conversation_id, user_id FROM participants WHERE conversation_id = ANY($1::uuid[]) ORDER BY user_id
+SELECT c.id, c.last_seq,
+       ARRAY(SELECT p.user_id FROM participants p WHERE p.conversation_id = c.id ORDER BY p.user_id) AS members
+FROM conversations c WHERE c.id = ANY($1::uuid[]) ORDER BY c.id FOR UPDATE OF c
 """
 
 EXISTING = """
@@ -79,24 +84,23 @@ JOIN unnest($1::text[], $2::text[]) AS k(sender_id, temp_message_id)
   ON m.sender_id = k.sender_id AND m.temp_message_id = k.temp_message_id
 """
 
-INSERT_MESSAGES = """
-INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)
-SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-"""
-
-UPDATE_LATEST = """
-UPDATE conversations c
-SET last_seq = v.seq, last_message_id = v.id, last_sent_at = v.sent_at, last_sender_id = v.sender_id,
-    last_content = v.content
-FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[])
-     AS v(conversation_id, seq, id, sent_at, sender_id, content)
-WHERE c.id = v.conversation_id
-"""
-
-ADVANCE_READ = """
+# One statement writes everything: the new messages, each conversation's latest-message fields,
+# and the read pointers (a sender has read their own message; read-messages reads to the end).
+WRITE = """
+WITH new_messages AS (
+    INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+), latest AS (
+    UPDATE conversations c
+    SET last_seq = v.seq, last_message_id = v.id, last_sent_at = v.sent_at, last_sender_id = v.sender_id,
+        last_content = v.content
+    FROM unnest($8::uuid[], $9::bigint[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])
+         AS v(conversation_id, seq, id, sent_at, sender_id, content)
+    WHERE c.id = v.conversation_id
+)
 UPDATE participants p
 SET last_read_seq = GREATEST(p.last_read_seq, v.seq)
-FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS v(conversation_id, user_id, seq)
+FROM unnest($14::uuid[], $15::text[], $16::bigint[]) AS v(conversation_id, user_id, seq)
 WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id
 RETURNING p.conversation_id, p.user_id, p.last_read_seq
 """
@@ -106,10 +110,9 @@ async def store(conn: asyncpg.Connection, commands: list[Command]) -> Outcome:
     """Apply ``commands`` in order inside the caller's transaction; return the events to announce."""
     out = Outcome()
     conversation_ids = sorted({c.conversation_id for c in commands})
-    last_seq: dict[uuid.UUID, int] = {r["id"]: r["last_seq"] for r in await conn.fetch(LOCK_CONVERSATIONS, conversation_ids)}
-    members: dict[uuid.UUID, list[str]] = {}
-    for row in await conn.fetch(PARTICIPANTS, list(last_seq)):
-        members.setdefault(row["conversation_id"], []).append(row["user_id"])
+    locked = await conn.fetch(LOCK_CONVERSATIONS, conversation_ids)
+    last_seq: dict[uuid.UUID, int] = {r["id"]: r["last_seq"] for r in locked}
+    members: dict[uuid.UUID, list[str]] = {r["id"]: list(r["members"]) for r in locked}
 
     sends = [c for c in commands if isinstance(c, SendMessage)]
     existing: dict[tuple[str, str], asyncpg.Record] = {}
@@ -176,16 +179,14 @@ async def store(conn: asyncpg.Connection, commands: list[Command]) -> Outcome:
             out.events.append(TypingStarted(conversation_id=conversation, user_id=cmd.user_id,
                                             participants=participants))
 
-    if new_rows:
-        await conn.execute(INSERT_MESSAGES, *map(list, zip(*new_rows)))
-        await conn.execute(
-            UPDATE_LATEST,
-            list(latest), [v[0] for v in latest.values()], [v[1] for v in latest.values()],
-            [v[2] for v in latest.values()], [v[3] for v in latest.values()], [v[4] for v in latest.values()],
-        )
-    if read_targets:
+    if new_rows or read_targets:
         keys = list(read_targets)
-        rows = await conn.fetch(ADVANCE_READ, [k[0] for k in keys], [k[1] for k in keys], [read_targets[k] for k in keys])
+        rows = await conn.fetch(
+            WRITE,
+            *_columns(new_rows, 7),
+            list(latest), *_columns(list(latest.values()), 5),
+            [k[0] for k in keys], [k[1] for k in keys], [read_targets[k] for k in keys],
+        )
         pointers = {(r["conversation_id"], r["user_id"]): r["last_read_seq"] for r in rows}
         out.events = [
             ReadUpdated(conversation_id=e.conversation_id, user_id=e.user_id,
