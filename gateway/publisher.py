@@ -1,8 +1,10 @@
 """Micro-batching of commands toward the writer.
 
-Every command from every socket joins the pending list; a single flusher task wakes, waits a
-millisecond or two for company, groups what it has by partition and publishes one confirmed
-AMQP message per partition. One flush at a time keeps each connection's commands in the order
+Every command from every socket joins the pending list; a single flusher task wakes, yields
+once so frames already read from other sockets can join, groups what it has by partition and
+publishes one confirmed AMQP message per partition. While that publish waits for its confirm,
+new commands pile up for the next flush: batches grow with load on their own, and an idle
+gateway adds no delay. One flush at a time keeps each connection's commands in the order
 they arrived. When the broker cannot take a batch, each of its commands' ``on_fail`` runs, so
 the client hears ``unavailable`` instead of silence.
 """
@@ -29,7 +31,7 @@ PUBLISH_FAILED = prometheus_client.Counter("chat_gateway_commands_unavailable_to
 
 
 class CommandPublisher:
-    def __init__(self, broker: Broker, partitions: int, *, linger: float = 0.002, max_batch: int = 1000) -> None:
+    def __init__(self, broker: Broker, partitions: int, *, linger: float = 0.0, max_batch: int = 1000) -> None:
         self.broker = broker
         self.partitions = partitions
         self.linger = linger
