@@ -1,25 +1,279 @@
-"""The query service app (REST, contract section 3)."""
+"""The query service (contract section 3): PageNow's REST reads, cursors, unread counts.
+
+Every route verifies the token (raw or ``Bearer``) and checks membership; a caller who is not
+a participant gets 404, exactly as if the conversation did not exist.
+"""
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared.amqp import Broker
-from shared.auth import TokenVerifier
-from shared.db import Database
+from shared import frames, log as logging, topology
+from shared.amqp import Broker, Unavailable
+from shared.auth import AuthError, AuthUnavailable, TokenVerifier
+from shared.db import TRANSIENT, Database, DatabaseUnavailable
+from shared.envelope import ConversationCreated
+from shared.events import publish_events
 from shared.ops import access_log, add_routes
 from shared.settings import Settings
 
+from . import paging, store
+from .paging import ParamError
+
+log = logging.get(__name__)
+MAX_BODY = 16 * 1024
+_json = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_json.encode(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": code, "message": message}, status=status)
+
+
+class Query:
+    def __init__(self, settings: Settings, db: Database, broker: Broker, verifier: TokenVerifier) -> None:
+        self.settings = settings
+        self.db = db
+        self.broker = broker
+        self.verifier = verifier
+
+    async def caller(self, request: web.Request) -> str:
+        try:
+            return await self.verifier.verify(request.headers.get("Authorization"))
+        except AuthError as exc:
+            raise ApiError(401, "unauthorized", str(exc)) from None
+        except AuthUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from None
+
+    async def list_conversations(self, request: web.Request) -> web.Response:
+        """``GET /conversations[?isRead=true|false][&limit=N][&before=cursor]``
+
+        -> ``[{"conversationId","title","isGroup","sentAt","latestContent","senderId","participantId",
+        "isRead","unreadCount","lastSeq","lastReadSeq","participantIds"}]``, newest first. With
+        ``limit``, the header ``X-Next-Before`` carries the cursor of the next page, if any.
+        """
+        user = await self.caller(request)
+        page = paging.conversation_list(request.query)
+        async with self.db.acquire() as conn:
+            rows = await store.conversations(conn, user, page)
+        body = [_conversation_item(r, user) for r in rows]
+        headers = {}
+        if page.limit is not None and len(rows) == page.limit:
+            headers["X-Next-Before"] = paging.encode_cursor(rows[-1]["last_sent_at"], rows[-1]["id"])
+        return json_response(body, headers=headers)
+
+    async def get_conversation(self, request: web.Request) -> web.Response:
+        """``GET /conversations/{conversationId}`` -> ``{"conversation_id","conversationId","title","isGroup",
+        "participantId","participantIds","createdBy","createdAt","lastSeq"}``; 404 to non-participants."""
+        user = await self.caller(request)
+        cid = paging.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        async with self.db.acquire() as conn:
+            row = await store.conversation(conn, cid, user)
+        if row is None:
+            raise ApiError(404, "not_found", "no such conversation")
+        participants = list(row["participant_ids"])
+        return json_response({
+            "conversation_id": str(row["id"]),
+            "conversationId": str(row["id"]),
+            "title": row["title"],
+            "isGroup": row["is_group"],
+            "participantId": _other(participants, user),
+            "participantIds": participants,
+            "createdBy": row["created_by"],
+            "createdAt": frames.iso_utc(row["created_at"]),
+            "lastSeq": row["last_seq"],
+        })
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        """``GET /conversations/{id}/messages?limit=N&(offset=N|beforeSeq=N|afterSeq=N)[&order=asc|desc]``
+
+        -> ``[{"messageId","conversationId","sentAt","senderId","content","seq"}]``.
+        """
+        user = await self.caller(request)
+        cid = paging.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        page = paging.history(request.query)
+        async with self.db.acquire() as conn:
+            rows = await store.history(conn, cid, user, page)
+        if rows is None:
+            raise ApiError(404, "not_found", "no such conversation")
+        return json_response([
+            {"messageId": str(r["id"]), "conversationId": str(r["conversation_id"]), "sentAt": frames.iso_utc(r["sent_at"]),
+             "senderId": r["sender_id"], "content": r["content"], "seq": r["seq"]}
+            for r in rows
+        ])
+
+    async def list_participants(self, request: web.Request) -> web.Response:
+        """``GET /conversations/{id}/participants`` -> ``["alice", "bob"]`` (the caller included)."""
+        user = await self.caller(request)
+        cid = paging.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        async with self.db.acquire() as conn:
+            users = await store.participants(conn, cid, user)
+        if not users:
+            raise ApiError(404, "not_found", "no such conversation")
+        return json_response(users)
+
+    async def find_direct(self, request: web.Request) -> web.Response:
+        """``GET /conversation/direct/{userId}`` -> ``{"conversationId": "..."}`` or ``null`` (never 404)."""
+        user = await self.caller(request)
+        other = request.match_info["user_id"]
+        if not 1 <= len(other) <= paging.MAX_USER_ID:
+            raise ParamError(f"userId must be 1 to {paging.MAX_USER_ID} characters")
+        async with self.db.acquire() as conn:
+            cid = await store.direct(conn, user, other)
+        return json_response({"conversationId": str(cid)} if cid else None)
+
+    async def create_conversation(self, request: web.Request) -> web.Response:
+        """``POST /conversation`` with ``{"recipientIdArr":["bob"],"isGroup":false,"title":"..."}``
+        -> ``{"conversationId": "..."}``; a direct pair's existing conversation is returned as is.
+        Online participants of a new conversation get a ``conversation-created`` frame."""
+        user = await self.caller(request)
+        try:
+            body = json.loads(await request.read() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise ParamError("body is not valid JSON") from None
+        new = paging.new_conversation(body, user)
+        async with self.db.acquire() as conn:
+            cid, created = await store.create(conn, user, new, datetime.now(timezone.utc))
+        if created:
+            event = ConversationCreated(conversation_id=cid, title=new.title, is_group=new.is_group,
+                                        participants=sorted([user, *new.recipients]))
+            try:
+                await publish_events(self.broker, [event], self.settings.partitions)
+            except Unavailable as exc:
+                # the conversation exists; only the live notice is missed (clients see it on their next list)
+                log.warning("conversation_created_not_announced", conversation_id=str(cid), error=str(exc))
+        log.info("conversation_created" if created else "conversation_found", conversation_id=str(cid),
+                 is_group=new.is_group, participants=len(new.recipients) + 1)
+        return json_response({"conversationId": str(cid)})
+
+
+def _other(participants: list[str], user: str) -> str | None:
+    return next((p for p in participants if p != user), None)
+
+
+def _conversation_item(row: Any, user: str) -> dict[str, Any]:
+    participants = list(row["participant_ids"])
+    last_seq, last_read = row["last_seq"], row["last_read_seq"]
+    return {
+        "conversationId": str(row["id"]),
+        "title": row["title"],
+        "isGroup": row["is_group"],
+        "sentAt": frames.iso_utc(row["last_sent_at"]),
+        "latestContent": row["last_content"],
+        "senderId": row["last_sender_id"],
+        "participantId": _other(participants, user),
+        "isRead": last_read >= last_seq,
+        "unreadCount": max(0, last_seq - last_read),
+        "lastSeq": last_seq,
+        "lastReadSeq": last_read,
+        "participantIds": participants,
+    }
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"error": code, "message": text}`` with its status."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except ParamError as exc:
+        return error_response(400, "bad_request", str(exc))
+    except (DatabaseUnavailable, *TRANSIENT):
+        return error_response(503, "unavailable", "the database is unavailable, retry")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "too_large", f"request body is larger than {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
+            return error_response(exc.status, code, exc.reason)
+        raise
+
+
+def cors(allowed: frozenset[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the configured origins (any origin when none are configured)."""
+
+    def allow(origin: str | None) -> str | None:
+        if origin is None:
+            return None
+        if not allowed:
+            return "*"
+        return origin if origin.rstrip("/") in allowed else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = allow(request.headers.get("Origin"))
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204 if origin else 403)
+            if origin:
+                response.headers.update({
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                })
+        else:
+            response = await handler(request)
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "X-Next-Before"
+            if origin != "*":
+                response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+OPENAPI = web.AppKey("openapi", bytes)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the hand-written OpenAPI 3.1 document of this service."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+def openapi_document() -> bytes:
+    return resources.files("query").joinpath("openapi.json").read_bytes()
+
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[access_log], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[access_log, cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
     readiness = add_routes(app, "query")
     db = Database(settings.database_url or "")
-    broker = Broker(settings.amqp_url or "", name=f"query:{settings.instance_id}")
+    async def setup(connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        await topology.declare_events(channel, settings.partitions)  # conversation-created goes there
+        await channel.close()
+
+    broker = Broker(settings.amqp_url or "", name=f"query:{settings.instance_id}", setup=setup)
     assert settings.jwt is not None
     verifier = TokenVerifier(settings.jwt)
+    api = Query(settings, db, broker, verifier)
+    app[OPENAPI] = openapi_document()
 
-    async def resources(app: web.Application):  # type: ignore[no-untyped-def]
+    async def resources_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         db.start()
         broker.start()
         yield
@@ -35,5 +289,12 @@ def create_app(settings: Settings) -> web.Application:
 
     readiness.checks.update(database=db.ping, broker=broker_ready)
     app.on_shutdown.append(draining)
-    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(resources_ctx)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/conversations", api.list_conversations)
+    app.router.add_get("/conversations/{conversation_id}", api.get_conversation)
+    app.router.add_get("/conversations/{conversation_id}/messages", api.list_messages)
+    app.router.add_get("/conversations/{conversation_id}/participants", api.list_participants)
+    app.router.add_get("/conversation/direct/{user_id}", api.find_direct)
+    app.router.add_post("/conversation", api.create_conversation)
     return app
