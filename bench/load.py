@@ -1,6 +1,6 @@
 """Load generator for the real-time path: send-to-delivery latency and delivered messages/s.
 
-It starts its own private Postgres, Redis and RabbitMQ (shared/devstack.py, ports 35431-35435)
+It starts its own private Postgres, Redis and RabbitMQ (shared/devstack.py, ports 26431-26435, services from 26501)
 and the services, as processes on this machine, creates ``--users`` users in conversations of
 ``--size``, opens one WebSocket per user and sends at ``--rate`` messages/s in total, spread
 evenly over the users. Latency is measured from just before a send to the arrival of the
@@ -127,7 +127,7 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
 
 async def main_async(args: argparse.Namespace) -> None:
     state = Path(tempfile.mkdtemp(prefix="chat-bench-"))
-    stack = Stack.at(state, 35430, fsync=True)
+    stack = Stack.at(state, 26430, fsync=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         await asyncio.to_thread(stack.start)
@@ -137,7 +137,7 @@ async def main_async(args: argparse.Namespace) -> None:
                "CHAT_REDIS_URL": stack.redis.url(), "CHAT_JWT_SECRET": SECRET, "CHAT_HOST": "127.0.0.1",
                "CHAT_LOG_LEVEL": "warning", "CHAT_PARTITIONS": str(args.partitions)}
         gateway_ports = []
-        port = 36000
+        port = 26500
         for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
             for _ in range(count):
                 port += 1
@@ -146,7 +146,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 if name == "gateway":
                     gateway_ports.append(port)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            for p in range(36001, port + 1):
+            for p in range(26501, port + 1):
                 for _ in range(300):
                     try:
                         async with session.get(f"http://127.0.0.1:{p}/readyz") as resp:

@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -255,7 +255,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def openapi_document() -> bytes:
-    return resources.files("query").joinpath("openapi.json").read_bytes()
+    return (Path(__file__).parent / "openapi.json").read_bytes()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -360,7 +360,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="chat-devstack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--state", default=".state", help="state folder (default .state)")
-    parser.add_argument("--base-port", type=int, default=55430,
-                        help="Postgres on base+1, Redis base+2, AMQP base+3 (default 55430)")
+    parser.add_argument("--base-port", type=int, default=17430,
+                        help="Postgres on base+1, Redis base+2, AMQP base+3 (default 17430)")
     args = parser.parse_args()
     raise SystemExit(run(Path(args.state).resolve(), args.base_port))

@@ -21,7 +21,7 @@ from shared.migrate import migrate
 
 from .harness import BIN, System
 
-BASE_PORT = 45430
+BASE_PORT = 27430  # below the ephemeral range (32768-60999): no client socket can hold these
 _redis_dbs = itertools.cycle(range(1, 16))
 
 

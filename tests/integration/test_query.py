@@ -88,8 +88,8 @@ async def seed(system: System, cid: uuid.UUID, messages: list[tuple[str, str]], 
                 seq += 1
                 await conn.execute(
                     "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $2::float8 / 1000))",
-                    cid, seq, uuid.uuid4(), sender, uuid.uuid4().hex, content)
+                    " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+                    cid, seq, uuid.uuid4(), sender, uuid.uuid4().hex, content, seq / 1000)
                 await conn.execute("UPDATE participants SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
                                    cid, sender, seq)
             await conn.execute(
