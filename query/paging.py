@@ -51,7 +51,7 @@ class HistoryPage:
     newest_first: bool  # the order rows are fetched in (the keyset direction)
     below: int | None  # fetch seq < below (newest first)
     above: int | None  # fetch seq > above (oldest first)
-    offset: int | None  # PageNow's offset, resolved against last_seq
+    offset: int | None  # PageNow's offset: the page ends below last_seq - offset + 1 (in the SQL)
     reverse: bool  # reverse the fetched page before returning it
 
 
@@ -73,13 +73,6 @@ def history(params: Mapping[str, str]) -> HistoryPage:
     if after is not None:
         return HistoryPage(limit, newest_first=False, below=None, above=after, offset=None, reverse=order == "desc")
     return HistoryPage(limit, newest_first=True, below=before, above=None, offset=offset, reverse=order == "asc")
-
-
-def below_for(page: HistoryPage, last_seq: int) -> int | None:
-    """The exclusive upper seq bound of a newest-first page, once ``last_seq`` is known."""
-    if page.offset is not None:
-        return last_seq - page.offset + 1
-    return page.below
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from .paging import HistoryPage, ListPage, NewConversation, below_for, direct_key
+from .paging import HistoryPage, ListPage, NewConversation, direct_key
 
 LIST = """
 SELECT c.id, c.title, c.is_group, c.last_sent_at, c.last_content, c.last_sender_id, c.last_seq, p.last_read_seq,
@@ -42,35 +42,44 @@ async def conversation(conn: asyncpg.Connection, cid: uuid.UUID, user: str) -> a
     return await conn.fetchrow(ONE, cid, user)
 
 
-MEMBER_LAST_SEQ = """
-SELECT c.last_seq FROM conversations c
-JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
-WHERE c.id = $1
-"""
-
+# One round trip: the caller's membership (no row at all when not a participant) and the page.
+# A newest-first page ends below $3 (beforeSeq) or, for PageNow's offset, below last_seq - $4 + 1.
 NEWEST_FIRST = """
-SELECT id, conversation_id, seq, sender_id, content, sent_at FROM messages
-WHERE conversation_id = $1 AND seq < $2
-ORDER BY seq DESC LIMIT $3
+WITH me AS (
+    SELECT c.last_seq FROM conversations c
+    JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
+    WHERE c.id = $1
+)
+SELECT me.last_seq AS member_last_seq, m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.sent_at
+FROM me LEFT JOIN LATERAL (
+    SELECT * FROM messages
+    WHERE conversation_id = $1 AND seq < COALESCE($3::bigint, me.last_seq - $4::bigint + 1)
+    ORDER BY seq DESC LIMIT $5
+) m ON true
 """
 
 OLDEST_FIRST = """
-SELECT id, conversation_id, seq, sender_id, content, sent_at FROM messages
-WHERE conversation_id = $1 AND seq > $2
-ORDER BY seq ASC LIMIT $3
+WITH me AS (
+    SELECT c.last_seq FROM conversations c
+    JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
+    WHERE c.id = $1
+)
+SELECT me.last_seq AS member_last_seq, m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.sent_at
+FROM me LEFT JOIN LATERAL (
+    SELECT * FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4
+) m ON true
 """
 
 
 async def history(conn: asyncpg.Connection, cid: uuid.UUID, user: str, page: HistoryPage) -> list[asyncpg.Record] | None:
     """A page of messages, or None when ``user`` is not in the conversation."""
-    last_seq = await conn.fetchval(MEMBER_LAST_SEQ, cid, user)
-    if last_seq is None:
-        return None
     if page.newest_first:
-        below = below_for(page, last_seq)
-        rows = await conn.fetch(NEWEST_FIRST, cid, below if below is not None else last_seq + 1, page.limit)
+        rows = await conn.fetch(NEWEST_FIRST, cid, user, page.below, page.offset or 0, page.limit)
     else:
-        rows = await conn.fetch(OLDEST_FIRST, cid, page.above, page.limit)
+        rows = await conn.fetch(OLDEST_FIRST, cid, user, page.above, page.limit)
+    if not rows:
+        return None
+    rows = [r for r in rows if r["id"] is not None]  # a member's empty page is one row of nulls
     return list(reversed(rows)) if page.reverse else rows
 
 

@@ -44,12 +44,6 @@ def test_bad_history_params(params, message):
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize(("offset", "last_seq", "below"), [(0, 10, 11), (3, 10, 8), (10, 10, 1), (50, 10, -39)])
-def test_offset_counts_from_the_newest_message(offset, last_seq, below):
-    page = paging.history({"limit": "5", "offset": str(offset)})
-    assert paging.below_for(page, last_seq) == below
-
-
 def test_list_params():
     assert paging.conversation_list({}) == paging.ListPage(None, None, None)
     assert paging.conversation_list({"isRead": "false", "limit": "10"}) == paging.ListPage(10, False, None)
