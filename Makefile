@@ -7,12 +7,12 @@ PYTHON ?= python3
 APT_PACKAGES := postgresql redis-server rabbitmq-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps venv token lint bench clean
+.PHONY: run test deps test-deps venv token clean
 
 run: deps venv ## start Postgres, Redis, RabbitMQ and the four services; Ctrl-C stops them all
 	$(VENV)/bin/chat-devstack run
 
-test: deps venv ## the full test suite (starts its own private servers)
+test: deps test-deps venv ## the full test suite (starts its own private servers)
 	$(PY) -m pytest
 
 deps: ## Debian packages for the three servers (skipped when they are there)
@@ -25,6 +25,12 @@ deps: ## Debian packages for the three servers (skipped when they are there)
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+test-deps: ## Debian's Chromium, which the browser test drives (Playwright downloads no browser)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing: chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 venv: $(VENV)/.installed
 

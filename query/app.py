@@ -26,7 +26,7 @@ from shared.events import publish_events
 from shared.ops import access_log, add_routes
 from shared.settings import Settings
 
-from . import paging, store
+from . import paging, store, webapp
 from .paging import ParamError
 
 log = logging.get(__name__)
@@ -297,4 +297,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/conversations/{conversation_id}/participants", api.list_participants)
     app.router.add_get("/conversation/direct/{user_id}", api.find_direct)
     app.router.add_post("/conversation", api.create_conversation)
+    webapp.add_routes(app, settings)
     return app

@@ -288,6 +288,7 @@ def service_env(stack: Stack, secret: str) -> dict[str, str]:
         "CHAT_AMQP_URL": stack.rabbitmq.url(),
         "CHAT_REDIS_URL": stack.redis.url(),
         "CHAT_JWT_SECRET": secret,
+        "CHAT_DEV_LOGIN": "true",
     }
 
 
@@ -322,6 +323,7 @@ def run(state: Path, base_port: int) -> int:
             _wait_port(port, 30, procs[name])
         print(
             "\nThe chat backend is running:\n"
+            "  web client            http://127.0.0.1:8081/app/  (sign in with any user id)\n"
             "  gateway  (WebSocket)  ws://127.0.0.1:8080/?Authorization=<token>\n"
             "  query    (REST)       http://127.0.0.1:8081/conversations\n"
             "  writer   (ops)        http://127.0.0.1:8082/readyz\n"

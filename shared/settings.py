@@ -30,6 +30,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_JWT_AUDIENCE": "expected aud claim (checked when set)",
     "CHAT_JWT_ALGORITHMS": "comma-separated allow-list (default HS256 with a secret, RS256 with a JWKS)",
     "CHAT_JWT_USER_CLAIM": "claim that names the user (default cognito:username)",
+    "CHAT_DEV_LOGIN": "true lets the web client at /app/ mint a token for any user id (development only; needs CHAT_JWT_SECRET)",
     "CHAT_ALLOWED_ORIGINS": "comma-separated origins allowed for WebSocket and CORS (default: any)",
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
@@ -68,6 +69,7 @@ class Settings:
     amqp_url: str | None = None
     redis_url: str | None = None
     jwt: JwtSettings | None = None
+    dev_login: bool = False
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -147,6 +149,13 @@ def _origins(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(o.rstrip("/") for o in origins)
 
 
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = (_get(env, name) or "false").lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
 def default_instance_id() -> str:
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:48] or "chat"
     return f"{host}-{uuid.uuid4().hex[:8]}"
@@ -169,6 +178,10 @@ def load(
     instance_id = _get(env, "CHAT_INSTANCE_ID") or default_instance_id()
     if not _INSTANCE_RE.match(instance_id):
         raise SettingsError("CHAT_INSTANCE_ID must match [A-Za-z0-9._-]{1,64}")
+    jwt_settings = _jwt(env) if jwt else None
+    dev_login = _bool(env, "CHAT_DEV_LOGIN") if jwt else False
+    if dev_login and jwt_settings is not None and jwt_settings.secret is None:
+        raise SettingsError("CHAT_DEV_LOGIN needs CHAT_JWT_SECRET: development tokens are HS256")
     return Settings(
         service=service,
         host=_get(env, "CHAT_HOST") or "0.0.0.0",
@@ -180,5 +193,6 @@ def load(
         database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database) if database else None,
         amqp_url=_url(env, "CHAT_AMQP_URL", ("amqp", "amqps"), required=amqp) if amqp else None,
         redis_url=_url(env, "CHAT_REDIS_URL", ("redis", "rediss", "unix"), required=redis) if redis else None,
-        jwt=_jwt(env) if jwt else None,
+        jwt=jwt_settings,
+        dev_login=dev_login,
     )

@@ -48,6 +48,9 @@ def test_instance_ids_are_unique_by_default():
         ({"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks", "CHAT_JWT_ALGORITHMS": "HS256"},
          {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
         ({"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "ftp://idp/jwks"}, {"jwt": True}, "CHAT_JWT_JWKS_URL"),
+        ({"CHAT_DEV_LOGIN": "sure"}, {"jwt": True}, "CHAT_DEV_LOGIN"),
+        ({"CHAT_DEV_LOGIN": "true", "CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks"}, {"jwt": True},
+         "CHAT_DEV_LOGIN"),
     ],
 )
 def test_bad_or_missing_setting_names_the_variable(change, needs, variable):
@@ -58,6 +61,11 @@ def test_bad_or_missing_setting_names_the_variable(change, needs, variable):
     with pytest.raises(SettingsError) as info:
         load("gateway", env, **needs)
     assert str(info.value).startswith(variable)
+
+
+def test_dev_login_is_off_unless_asked_for():
+    assert load("query", BASE, jwt=True).dev_login is False
+    assert load("query", {**BASE, "CHAT_DEV_LOGIN": "true"}, jwt=True).dev_login is True
 
 
 def test_settings_that_are_not_needed_are_not_read():

@@ -1,0 +1,345 @@
+// PageNow chat web client: uses only the public contract (REST on this origin, the gateway's WebSocket).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  token: null, me: null, claim: "cognito:username", gatewayUrl: null,
+  ws: null, backoff: 500, reconnectTimer: null, heartbeatTimer: null,
+  conversations: new Map(),        // id -> summary (REST shape)
+  current: null,                   // open conversation id
+  messages: new Map(),             // messageId -> element, for the open conversation
+  pending: new Map(),              // tempMessageId -> {element, frame}
+  oldestSeq: null, newestSeq: 0,   // of the open conversation, for paging and catch-up
+  typingTimer: null, lastTypingSent: 0,
+};
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+function decodeClaims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(decodeURIComponent(escape(atob(part))));
+  } catch { return null; }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { Authorization: state.token, "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  const body = response.status === 204 ? null : await response.json();
+  if (!response.ok) throw Object.assign(new Error(body?.message || response.statusText), { status: response.status });
+  return body;
+}
+
+function setStatus(value) { const s = $("status"); s.dataset.state = value; s.textContent = value; }
+function time(iso) { return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }); }
+function nameOf(c) {
+  if (c.title) return c.title;
+  const others = (c.participantIds || []).filter((u) => u !== state.me);
+  return others.join(", ") || c.participantId || "conversation";
+}
+
+// ---- sign-in ----------------------------------------------------------------------------------
+
+async function boot() {
+  const params = new URLSearchParams(location.search);
+  const defaultGateway = `${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname}:8080/`;
+  state.gatewayUrl = params.get("gateway") || localStorage.getItem("chat.gateway") || defaultGateway;
+  if (params.get("gateway")) localStorage.setItem("chat.gateway", state.gatewayUrl);
+  const config = await (await fetch("/app/config.json")).json().catch(() => ({}));
+  state.claim = config.userClaim || state.claim;
+  $("dev-signin").hidden = !config.devLogin;
+  $("dev-signin").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await fetch("/dev/token", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ userId: $("dev-user").value.trim() }),
+    });
+    const body = await response.json();
+    if (!response.ok) { $("signin-error").textContent = body.message; return; }
+    signIn(body.token);
+  });
+  $("token-signin").addEventListener("submit", (event) => { event.preventDefault(); signIn($("token").value.trim()); });
+  $("sign-out").addEventListener("click", signOut);
+  $("new-conversation").addEventListener("submit", createConversation);
+  $("composer").addEventListener("submit", (event) => { event.preventDefault(); sendMessage(); });
+  $("message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); sendMessage(); }
+  });
+  $("message").addEventListener("input", sendTyping);
+  $("load-earlier").addEventListener("click", loadEarlier);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) markRead(); });
+  const saved = sessionStorage.getItem("chat.token");
+  if (saved) signIn(saved);
+}
+
+function signIn(token) {
+  const claims = decodeClaims(token);
+  const me = claims && claims[state.claim];
+  if (!me) { $("signin-error").textContent = `That token has no ${state.claim} claim.`; return; }
+  state.token = token;
+  state.me = me;
+  sessionStorage.setItem("chat.token", token);
+  $("signin").hidden = true;
+  $("chat").hidden = false;
+  $("whoami").hidden = false;
+  $("whoami").textContent = `Signed in as ${me}`;
+  $("sign-out").hidden = false;
+  loadConversations().catch(showError);
+  connect();
+}
+
+function signOut() {
+  sessionStorage.removeItem("chat.token");
+  location.reload();
+}
+
+function showError(error) {
+  if (error.status === 401) { signOut(); return; }
+  $("create-error").textContent = error.message;
+}
+
+// ---- conversations ----------------------------------------------------------------------------
+
+async function loadConversations() {
+  const list = await api("/conversations");
+  for (const c of list) state.conversations.set(c.conversationId, { ...state.conversations.get(c.conversationId), ...c });
+  renderConversations();
+}
+
+function renderConversations() {
+  const items = [...state.conversations.values()].sort((a, b) => (b.sentAt || "").localeCompare(a.sentAt || ""));
+  $("conversations").replaceChildren(...items.map((c) => {
+    const unread = c.conversationId === state.current ? 0 : c.unreadCount || 0;
+    const button = el("button", { type: "button", "aria-current": String(c.conversationId === state.current),
+                                  "data-conversation": c.conversationId },
+      el("span", { class: "name" }, nameOf(c)),
+      unread ? el("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null,
+      el("span", { class: "latest" }, c.latestContent ? `${c.senderId}: ${c.latestContent}` : "no messages yet"));
+    button.addEventListener("click", () => openConversation(c.conversationId));
+    return el("li", {}, button);
+  }));
+}
+
+async function createConversation(event) {
+  event.preventDefault();
+  $("create-error").textContent = "";
+  const recipients = $("recipients").value.split(",").map((s) => s.trim()).filter(Boolean);
+  const title = $("title").value.trim();
+  try {
+    const { conversationId } = await api("/conversation", {
+      method: "POST", body: JSON.stringify({ recipientIdArr: recipients, isGroup: recipients.length > 1, title }),
+    });
+    if (!state.conversations.has(conversationId)) {
+      state.conversations.set(conversationId, { conversationId, title: title || null,
+        participantIds: [state.me, ...recipients], unreadCount: 0 });
+    }
+    $("new-conversation").reset();
+    renderConversations();
+    openConversation(conversationId);
+  } catch (error) { showError(error); }
+}
+
+async function openConversation(id) {
+  state.current = id;
+  state.messages.clear();
+  state.pending.clear();
+  state.oldestSeq = null;
+  state.newestSeq = 0;
+  $("messages").replaceChildren();
+  $("typing").textContent = "";
+  $("composer").hidden = false;
+  const info = await api(`/conversations/${id}`);
+  const summary = state.conversations.get(id) || { conversationId: id };
+  state.conversations.set(id, { ...summary, title: info.title, participantIds: info.participantIds, isGroup: info.isGroup });
+  $("conversation-title").textContent = nameOf(state.conversations.get(id));
+  $("participants").textContent = `With ${info.participantIds.filter((u) => u !== state.me).join(", ")}`;
+  const page = await api(`/conversations/${id}/messages?limit=30&offset=0`);
+  page.reverse().forEach((m) => addMessage(m));
+  $("load-earlier").hidden = !(state.oldestSeq > 1);
+  renderConversations();
+  markRead();
+  $("message").focus();
+}
+
+async function loadEarlier() {
+  if (!state.current || !(state.oldestSeq > 1)) return;
+  const page = await api(`/conversations/${state.current}/messages?limit=30&beforeSeq=${state.oldestSeq}`);
+  page.forEach((m) => addMessage(m, { prepend: true }));  // newest first: each goes above the last
+  $("load-earlier").hidden = !(state.oldestSeq > 1);
+}
+
+async function catchUp() {
+  // after a reconnect: everything after the newest message we have, by seq
+  if (state.current) {
+    for (;;) {
+      const page = await api(`/conversations/${state.current}/messages?limit=100&afterSeq=${state.newestSeq}`);
+      page.forEach((m) => addMessage(m));
+      if (page.length < 100) break;
+    }
+    markRead();
+  }
+  await loadConversations();
+}
+
+// ---- messages ---------------------------------------------------------------------------------
+
+function addMessage(m, { prepend = false } = {}) {
+  if (state.messages.has(m.messageId)) return;
+  const pending = m.tempMessageId && state.pending.get(m.tempMessageId);
+  const mine = m.senderId === state.me;
+  const node = pending ? pending.element : el("li", { class: `message${mine ? " mine" : ""}` });
+  node.className = `message${mine ? " mine" : ""}`;
+  node.dataset.seq = m.seq;
+  node.dataset.messageId = m.messageId;
+  node.replaceChildren(
+    el("span", { class: "meta" }, `${mine ? "You" : m.senderId} · ${time(m.sentAt)}`,
+       mine ? el("span", { class: "state" }, "") : null),
+    el("span", { class: "content" }, m.content));
+  if (pending) state.pending.delete(m.tempMessageId);
+  state.messages.set(m.messageId, node);
+  if (!pending) {
+    const list = $("messages");
+    const after = [...list.children].find((child) => child.dataset.seq && Number(child.dataset.seq) > m.seq);
+    if (prepend || after) list.insertBefore(node, after || list.firstChild); else list.append(node);
+  }
+  state.oldestSeq = state.oldestSeq == null ? m.seq : Math.min(state.oldestSeq, m.seq);
+  state.newestSeq = Math.max(state.newestSeq, m.seq);
+  if (!prepend) node.scrollIntoView({ block: "nearest" });
+}
+
+function sendMessage() {
+  const content = $("message").value.trimEnd();
+  if (!content || !state.current) return;
+  const tempMessageId = crypto.randomUUID();
+  const frame = { action: "send-message", tempMessageId, conversationId: state.current, content };
+  const element = el("li", { class: "message mine pending", "data-temp": tempMessageId },
+    el("span", { class: "meta" }, "You · sending…"), el("span", { class: "content" }, content));
+  $("messages").append(element);
+  element.scrollIntoView({ block: "nearest" });
+  state.pending.set(tempMessageId, { element, frame });
+  $("message").value = "";
+  send(frame);
+}
+
+function send(frame) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
+  // otherwise it stays pending and is resent, with the same tempMessageId, once connected
+}
+
+function sendTyping() {
+  const now = Date.now();
+  if (!state.current || now - state.lastTypingSent < 2000) return;
+  state.lastTypingSent = now;
+  send({ action: "typing", conversationId: state.current });
+}
+
+function markRead() {
+  if (!state.current || document.hidden) return;
+  const c = state.conversations.get(state.current);
+  if (c && (c.unreadCount || 0) === 0 && (c.lastReadSeq ?? 0) >= state.newestSeq) return;
+  send({ action: "read-messages", conversationId: state.current });
+}
+
+function markSeen(upto, reader) {
+  for (const node of $("messages").querySelectorAll(".message.mine")) {
+    if (Number(node.dataset.seq) <= upto) {
+      const mark = node.querySelector(".state");
+      if (mark) mark.textContent = state.conversations.get(state.current)?.isGroup ? `· seen by ${reader}` : "· seen";
+    }
+  }
+}
+
+// ---- the WebSocket ----------------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  setStatus("connecting");
+  const ws = new WebSocket(`${state.gatewayUrl}?Authorization=${encodeURIComponent(state.token)}`);
+  state.ws = ws;
+  ws.addEventListener("open", () => {
+    setStatus("online");
+    state.backoff = 500;
+    for (const { frame } of state.pending.values()) ws.send(JSON.stringify(frame));  // same tempMessageId: idempotent
+    catchUp().catch(showError);
+    clearInterval(state.heartbeatTimer);
+    state.heartbeatTimer = setInterval(() => send({ action: "heartbeat" }), 60000);
+  });
+  ws.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
+  ws.addEventListener("close", () => {
+    if (state.ws !== ws) return;
+    setStatus("offline");
+    clearInterval(state.heartbeatTimer);
+    const delay = state.backoff * (0.75 + Math.random() * 0.5);
+    state.backoff = Math.min(state.backoff * 2, 10000);
+    state.reconnectTimer = setTimeout(connect, delay);
+  });
+}
+
+function onFrame(frame) {
+  switch (frame.type) {
+    case "new-message": {
+      const c = state.conversations.get(frame.conversationId) || { conversationId: frame.conversationId, unreadCount: 0 };
+      const fresh = (c.lastSeq || 0) < frame.seq;
+      Object.assign(c, { latestContent: frame.content, senderId: frame.senderId, sentAt: frame.sentAt,
+                         lastSeq: Math.max(c.lastSeq || 0, frame.seq) });
+      if (fresh && frame.senderId !== state.me && frame.conversationId !== state.current) c.unreadCount = (c.unreadCount || 0) + 1;
+      state.conversations.set(frame.conversationId, c);
+      if (frame.conversationId === state.current) {
+        addMessage(frame);
+        if (frame.senderId !== state.me) { $("typing").textContent = ""; markRead(); }
+      }
+      if (!c.participantIds) loadConversations().catch(() => {});
+      renderConversations();
+      break;
+    }
+    case "read-messages": {
+      const c = state.conversations.get(frame.conversationId);
+      if (c) { c.unreadCount = Math.max(0, (c.lastSeq || 0) - frame.lastReadSeq); c.lastReadSeq = frame.lastReadSeq; }
+      renderConversations();
+      break;
+    }
+    case "read-receipt":
+      if (frame.conversationId === state.current) markSeen(frame.lastReadSeq, frame.userId);
+      break;
+    case "typing":
+      if (frame.conversationId === state.current) {
+        $("typing").textContent = `${frame.userId} is typing…`;
+        clearTimeout(state.typingTimer);
+        state.typingTimer = setTimeout(() => { $("typing").textContent = ""; }, 3000);
+      }
+      break;
+    case "conversation-created":
+      if (!state.conversations.has(frame.conversationId)) {
+        state.conversations.set(frame.conversationId, { conversationId: frame.conversationId, title: frame.title,
+          isGroup: frame.isGroup, participantIds: frame.participantIds, unreadCount: 0 });
+        renderConversations();
+      }
+      break;
+    case "error": {
+      const pending = frame.tempMessageId && state.pending.get(frame.tempMessageId);
+      if (pending && (frame.code === "unavailable" || frame.code === "rate_limited")) {
+        setTimeout(() => send(pending.frame), 1000);  // retry with the same tempMessageId
+      } else if (pending) {
+        pending.element.classList.add("failed");
+        pending.element.querySelector(".meta").textContent = `Not sent: ${frame.message}`;
+        state.pending.delete(frame.tempMessageId);
+      }
+      break;
+    }
+  }
+}
+
+boot();
