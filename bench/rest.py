@@ -6,7 +6,7 @@ the user ``me`` being in ``--mine`` of them, then runs ``--clients`` concurrent 
 ``--seconds`` per endpoint and prints p50/p99 latency and requests/s. It also prints the
 EXPLAIN ANALYZE of the conversation-list query.
 
-    python bench/query.py --messages 1000000 --conversations 10000 --mine 1000 --clients 50 --seconds 20
+    python bench/rest.py --messages 1000000 --conversations 10000 --mine 1000 --clients 50 --seconds 20
 """
 
 from __future__ import annotations
