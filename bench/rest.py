@@ -53,6 +53,8 @@ SEED = [
     ("""UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,
                last_sender_id = m.sender_id, last_content = m.content
         FROM messages m WHERE m.conversation_id = c.id AND m.seq = $1::int""", ("per_conversation",)),
+    ("""UPDATE participants p SET last_sent_at = c.last_sent_at FROM conversations c
+        WHERE c.id = p.conversation_id""", ()),
     ("""UPDATE participants p SET last_read_seq = abs(hashtext(p.conversation_id::text)) % $1::int
         WHERE p.user_id = 'me'""", ("per_conversation",)),
     ("ANALYZE", ()),

@@ -9,21 +9,19 @@ import asyncpg
 
 from .paging import HistoryPage, ListPage, NewConversation, direct_key
 
-# Driven by the caller's participant rows (participants_user_idx), then one primary-key probe per
-# conversation: the work is bounded by how many conversations the caller is in, never by how many
-# exist. OFFSET 0 keeps the planner from flattening the LATERAL into a hash join that would scan
-# every conversation once the caller is in a sizeable share of them.
+# Newest first straight from participants_user_recent_idx: a page reads `limit` index entries and
+# probes their conversations by primary key. Work is bounded by the page, not by how many
+# conversations the user is in or exist. Without a limit (PageNow's list) it reads the user's range.
 LIST = """
 SELECT c.id, c.title, c.is_group, c.last_sent_at, c.last_content, c.last_sender_id, c.last_seq, p.last_read_seq,
        ARRAY(SELECT o.user_id FROM participants o WHERE o.conversation_id = c.id ORDER BY o.user_id) AS participant_ids
 FROM participants p
-CROSS JOIN LATERAL (
-    SELECT * FROM conversations c WHERE c.id = p.conversation_id AND c.last_seq > 0 OFFSET 0
-) c
+JOIN conversations c ON c.id = p.conversation_id
 WHERE p.user_id = $1
-  AND ($2::timestamptz IS NULL OR (c.last_sent_at, c.id) < ($2::timestamptz, $3::uuid))
+  AND p.last_sent_at IS NOT NULL
+  AND ($2::timestamptz IS NULL OR (p.last_sent_at, p.conversation_id) < ($2::timestamptz, $3::uuid))
   AND ($4::boolean IS NULL OR (p.last_read_seq >= c.last_seq) = $4::boolean)
-ORDER BY c.last_sent_at DESC, c.id DESC
+ORDER BY p.last_sent_at DESC, p.conversation_id DESC
 LIMIT $5
 """
 

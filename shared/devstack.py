@@ -184,6 +184,8 @@ class RabbitMQ:
             "RABBITMQ_CONFIG_FILE": str(self.state / "rabbitmq"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.state / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(self.state / "rabbitmq-env.conf"),
+            # no scheduler busy-waiting: on a small shared machine it burns CPU the services need
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:

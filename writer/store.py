@@ -105,6 +105,13 @@ WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id
 RETURNING p.conversation_id, p.user_id, p.last_read_seq
 """
 
+# Every participant's copy of the conversation's latest-message time (the list's index).
+TOUCH_PARTICIPANTS = """
+UPDATE participants p SET last_sent_at = v.sent_at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS v(conversation_id, sent_at)
+WHERE p.conversation_id = v.conversation_id
+"""
+
 
 async def store(conn: asyncpg.Connection, commands: list[Command]) -> Outcome:
     """Apply ``commands`` in order inside the caller's transaction; return the events to announce."""
@@ -188,6 +195,8 @@ async def store(conn: asyncpg.Connection, commands: list[Command]) -> Outcome:
             [k[0] for k in keys], [k[1] for k in keys], [read_targets[k] for k in keys],
         )
         pointers = {(r["conversation_id"], r["user_id"]): r["last_read_seq"] for r in rows}
+        if latest:
+            await conn.execute(TOUCH_PARTICIPANTS, list(latest), [v[2] for v in latest.values()])
         out.events = [
             ReadUpdated(conversation_id=e.conversation_id, user_id=e.user_id,
                         last_read_seq=pointers[(e.conversation_id, e.user_id)], participants=e.participants)

@@ -96,6 +96,8 @@ async def seed(system: System, cid: uuid.UUID, messages: list[tuple[str, str]], 
                 "UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,"
                 " last_sender_id = m.sender_id, last_content = m.content FROM messages m"
                 " WHERE c.id = $1 AND m.conversation_id = $1 AND m.seq = $2", cid, seq)
+            await conn.execute("UPDATE participants p SET last_sent_at = c.last_sent_at FROM conversations c"
+                               " WHERE c.id = $1 AND p.conversation_id = $1", cid)
             for user, upto in (read or {}).items():
                 await conn.execute("UPDATE participants SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
                                    cid, user, upto)
@@ -190,6 +192,7 @@ async def test_paging_through_10000_messages_returns_each_once(system, api):
             " SELECT $1, s, gen_random_uuid(), 'alice', 't' || s, 'm' || s, now() FROM generate_series(1, 10000) s", cid)
         await conn.execute("UPDATE conversations SET last_seq = 10000, last_sent_at = now(), last_content = 'm10000',"
                            " last_sender_id = 'alice' WHERE id = $1", cid)
+        await conn.execute("UPDATE participants SET last_sent_at = now() WHERE conversation_id = $1", cid)
     finally:
         await conn.close()
     seen: list[int] = []
