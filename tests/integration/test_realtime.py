@@ -209,3 +209,57 @@ async def test_disallowed_origin_is_refused_before_the_upgrade(system):
         assert info.value.status == 403
         ws = await session.ws_connect(url, origin="https://app.example.com")
         await ws.close()
+
+
+async def _raw_websocket(port: int, user: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that completes the handshake and then reads nothing (a tiny receive window)."""
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
+    writer.write((f"GET /?Authorization={token(user)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def _close_code(reader: asyncio.StreamReader) -> int:
+    """Read server frames until the close frame; return its code."""
+    while True:
+        b0, b1 = await reader.readexactly(2)
+        length = b1 & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await reader.readexactly(8), "big")
+        payload = await reader.readexactly(length)
+        if b0 & 0x0F == 0x8:
+            return int.from_bytes(payload[:2], "big")
+
+
+async def test_a_client_that_cannot_keep_up_is_closed_with_1013(system):
+    await system.start_all()
+    senders = [f"s{i}" for i in range(50)]
+    conversations = [await system.conversation([s, "slow"]) for s in senders]
+    reader, writer = await _raw_websocket(system.of("gateway")[0].port, "slow")
+    clients = [await system.connect(s) for s in senders]
+    big = "x" * 1000
+
+    async def flood(client: WsClient, cid: uuid.UUID) -> None:
+        for i in range(100):
+            await client.send_message(cid, big, temp_id=f"{client.user}-{i}")
+
+    await asyncio.gather(*(flood(c, cid) for c, cid in zip(clients, conversations)))
+    for client in clients:  # the senders themselves are served normally
+        await client.wait_for(lambda fs: len([f for f in fs if f.get("type") == "new-message"]) >= 100 or None,
+                              timeout=60)
+    assert await asyncio.wait_for(_close_code(reader), 60) == 1013
+    writer.close()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{system.of('gateway')[0].url}/metrics") as resp:
+            assert "chat_gateway_slow_consumers_closed_total 1.0" in await resp.text()
