@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.auth import mint  # noqa: E402
 from shared.devstack import Stack  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
+from shared.service import install_uvloop  # noqa: E402
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent
@@ -227,12 +228,7 @@ def main() -> None:
     parser.add_argument("--notifiers", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     asyncio.run(main_async(args))
 
 

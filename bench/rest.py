@@ -31,6 +31,7 @@ from query import store  # noqa: E402
 from shared.auth import mint  # noqa: E402
 from shared.devstack import Stack  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
+from shared.service import install_uvloop  # noqa: E402
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent
@@ -73,10 +74,11 @@ async def seed(dsn: str, conversations: int, mine: int, per_conversation: int) -
         for statement, names in SEED:
             await conn.execute(statement, *(values[n] for n in names))
         rows = await conn.fetch("SELECT conversation_id FROM participants WHERE user_id = 'me'")
-        plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + store.LIST, "me", None, None, None, None)
-        print("# EXPLAIN ANALYZE of the conversation list for a user in", len(rows), "conversations")
-        for line in plan:
-            print("   ", line[0])
+        for limit in (None, 20):
+            plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + store.LIST, "me", None, None, None, limit)
+            print(f"# EXPLAIN ANALYZE of the conversation list (limit {limit}) for a user in {len(rows)} conversations")
+            for line in plan:
+                print("   ", line[0])
         return [str(r["conversation_id"]) for r in rows]
     finally:
         await conn.close()
@@ -167,12 +169,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--instances", type=int, default=1)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     asyncio.run(main_async(args))
 
 

@@ -19,6 +19,7 @@ from shared.auth import TokenVerifier
 from shared.ops import access_log, add_routes
 from shared.registry import REFRESH_SECONDS, Registry, redis_client
 from shared.settings import Settings
+from shared.tasks import cancel_and_wait
 
 from .hub import Hub
 from .publisher import CommandPublisher
@@ -72,11 +73,7 @@ def create_app(settings: Settings) -> web.Application:
         gw.publisher.start()
         refresher = asyncio.create_task(refresh_leases(), name="lease-refresher")
         yield
-        refresher.cancel()
-        try:
-            await refresher
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait(refresher)
         await broker.stop_consuming()
         try:
             await asyncio.wait_for(gw.registry.unregister(settings.instance_id, hub.pairs()), 2)

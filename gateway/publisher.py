@@ -20,6 +20,7 @@ import prometheus_client
 from shared import envelope, log as logging, topology
 from shared.amqp import Broker, Unavailable
 from shared.envelope import Command, Commands
+from shared.tasks import cancel_and_wait
 
 log = logging.get(__name__)
 FailureCallback = Callable[[str], None]
@@ -88,9 +89,4 @@ class CommandPublisher:
             await asyncio.wait_for(self._idle.wait(), 10)
         except asyncio.TimeoutError:
             log.warning("commands_dropped_at_shutdown", commands=len(self._pending))
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)

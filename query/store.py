@@ -10,13 +10,14 @@ import asyncpg
 from .paging import HistoryPage, ListPage, NewConversation, direct_key
 
 # Newest first straight from participants_user_recent_idx: a page reads `limit` index entries and
-# probes their conversations by primary key. Work is bounded by the page, not by how many
-# conversations the user is in or exist. Without a limit (PageNow's list) it reads the user's range.
+# probes their conversations by primary key, so the work is bounded by the page (or, without a
+# limit, by the user's own conversations), never by how many conversations exist. OFFSET 0 keeps
+# the planner from turning the probes into a hash join over a scan of every conversation.
 LIST = """
 SELECT c.id, c.title, c.is_group, c.last_sent_at, c.last_content, c.last_sender_id, c.last_seq, p.last_read_seq,
        ARRAY(SELECT o.user_id FROM participants o WHERE o.conversation_id = c.id ORDER BY o.user_id) AS participant_ids
 FROM participants p
-JOIN conversations c ON c.id = p.conversation_id
+CROSS JOIN LATERAL (SELECT * FROM conversations c WHERE c.id = p.conversation_id OFFSET 0) c
 WHERE p.user_id = $1
   AND p.last_sent_at IS NOT NULL
   AND ($2::timestamptz IS NULL OR (p.last_sent_at, p.conversation_id) < ($2::timestamptz, $3::uuid))
@@ -45,33 +46,27 @@ async def conversation(conn: asyncpg.Connection, cid: uuid.UUID, user: str) -> a
     return await conn.fetchrow(ONE, cid, user)
 
 
-# One round trip: the caller's membership (no row at all when not a participant) and the page.
-# A newest-first page ends below $3 (beforeSeq) or, for PageNow's offset, below last_seq - $4 + 1.
-NEWEST_FIRST = """
+# One round trip: the caller's membership (no row at all when not a participant) and the page;
+# a member's empty page is a single row of nulls.
+_MEMBER_PAGE = """
 WITH me AS (
     SELECT c.last_seq FROM conversations c
     JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
     WHERE c.id = $1
 )
 SELECT me.last_seq AS member_last_seq, m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.sent_at
-FROM me LEFT JOIN LATERAL (
-    SELECT * FROM messages
-    WHERE conversation_id = $1 AND seq < COALESCE($3::bigint, me.last_seq - $4::bigint + 1)
-    ORDER BY seq DESC LIMIT $5
-) m ON true
+FROM me LEFT JOIN LATERAL ({page}) m ON true
 """
 
-OLDEST_FIRST = """
-WITH me AS (
-    SELECT c.last_seq FROM conversations c
-    JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
-    WHERE c.id = $1
-)
-SELECT me.last_seq AS member_last_seq, m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.sent_at
-FROM me LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4
-) m ON true
-"""
+# Newest first, below $3 (beforeSeq) or, for PageNow's offset $4, below last_seq - offset + 1.
+NEWEST_FIRST = _MEMBER_PAGE.format(page="""
+    SELECT * FROM messages
+    WHERE conversation_id = $1 AND seq < COALESCE($3::bigint, me.last_seq - $4::bigint + 1)
+    ORDER BY seq DESC LIMIT $5""")
+
+# Oldest first, after $3 (afterSeq: the catch-up after a reconnect).
+OLDEST_FIRST = _MEMBER_PAGE.format(page="""
+    SELECT * FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4""")
 
 
 async def history(conn: asyncpg.Connection, cid: uuid.UUID, user: str, page: HistoryPage) -> list[asyncpg.Record] | None:

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
 from . import log as logging
+from .tasks import cancel_and_wait
 
 log = logging.get(__name__)
 PUBLISH_TIMEOUT = 5.0
@@ -140,12 +141,7 @@ class Consumer(Generic[T]):
                     await asyncio.wait_for(queue.cancel(tag), 5)
                 except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
                     pass
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._current is not None:
             await self._current
 

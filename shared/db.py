@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 
 from . import log as logging
+from .tasks import cancel_and_wait
 
 log = logging.get(__name__)
 
@@ -76,12 +77,7 @@ class Database:
             return await conn.fetchval("SELECT 1", timeout=2) == 1
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), 10)
