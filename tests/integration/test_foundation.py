@@ -203,3 +203,8 @@ async def test_dev_token_opens_a_websocket(system):
             async with session.get(f"{system.of('gateway')[0].url}/{bad}") as resp:
                 assert resp.status == 401
                 assert (await resp.json())["error"] == "unauthorized"
+    await client.close()
+    await asyncio.sleep(0.5)
+    log = system.of("gateway")[0].output()
+    assert '"event": "ws_closed"' in log and '"http_request"' in log
+    assert token not in log and "garbage" not in log  # tokens never reach the logs

@@ -7,6 +7,7 @@ recipient that stayed connected received it (deduplicated by messageId).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 
@@ -77,10 +78,12 @@ async def pairs_of(system: System, n: int, tag: str) -> list[tuple[WsClient, WsC
     return out
 
 
-async def burst(pairs, per_sender: int, tag: str) -> None:
+async def burst(pairs, per_sender: int, tag: str, pace: float = 0.0) -> None:
     async def one(sender: WsClient, cid: uuid.UUID) -> None:
         for i in range(per_sender):
             await sender.send_message(cid, f"{tag} {i}", temp_id=f"{tag}-{i}")
+            if pace:
+                await asyncio.sleep(pace)
 
     await asyncio.gather(*(one(s, cid) for s, _, cid in pairs))
 
@@ -125,6 +128,23 @@ async def test_kill_9_a_writer_then_a_notifier_with_2000_messages_in_flight(syst
         assert not sender.of_type("error")
         mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
         assert [int(f["tempMessageId"].split("-")[1]) for f in mine] == list(range(100))  # sent order kept
+
+
+async def test_sigterm_to_a_writer_under_load_finishes_its_batch_and_loses_nothing(system):
+    writer0 = await system.start("writer")
+    writer1 = await system.start("writer")
+    await system.start_all(writers=0, gateways=2)
+    pairs = await pairs_of(system, 10, "t")
+    sending = asyncio.create_task(burst(pairs, 100, "c", pace=0.03))  # about 3 s of sending
+    await wait_until(lambda: _at_least(system, 100), timeout=30)
+    writer0.proc.send_signal(signal.SIGTERM)
+    await sending
+    await wait_all_echoed(pairs, 100, timeout=60)
+    assert await asyncio.to_thread(writer0.proc.wait, 30) == 0  # a clean exit, within the grace period
+    assert '"batch_stored"' in writer1.output()
+    assert await check_guarantees(system, pairs) == 1000
+    for sender, _, _ in pairs:
+        assert not sender.of_type("error")
 
 
 async def _at_least(system: System, n: int) -> bool:
