@@ -7,7 +7,7 @@ PYTHON ?= python3
 APT_PACKAGES := postgresql redis-server rabbitmq-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps test-deps venv token clean
+.PHONY: run test deps test-deps venv lint token clean
 
 run: deps venv ## start Postgres, Redis, RabbitMQ and the four services; Ctrl-C stops them all
 	$(VENV)/bin/chat-devstack run
@@ -39,6 +39,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
+
+lint: venv ## pyflakes-class errors and likely bugs (ruff)
+	$(VENV)/bin/ruff check .
 
 token: venv ## print a development token: make token USER=alice
 	@$(VENV)/bin/chat-dev-token $(USER)

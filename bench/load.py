@@ -36,7 +36,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack  # noqa: E402
+from shared.devstack import Stack, wait_ready  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.service import install_uvloop  # noqa: E402
 
@@ -146,16 +146,9 @@ async def main_async(args: argparse.Namespace) -> None:
                                               stdout=open(state / f"{name}-{port}.log", "ab"), stderr=subprocess.STDOUT))
                 if name == "gateway":
                     gateway_ports.append(port)
+        for p, proc in zip(range(26501, port + 1), procs):
+            await wait_ready(f"http://127.0.0.1:{p}", proc=proc)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            for p in range(26501, port + 1):
-                for _ in range(300):
-                    try:
-                        async with session.get(f"http://127.0.0.1:{p}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
 
             users = [f"u{i}" for i in range(args.users)]
             conversations = []

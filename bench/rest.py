@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from query import store  # noqa: E402
 from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack  # noqa: E402
+from shared.devstack import Stack, wait_ready  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.service import install_uvloop  # noqa: E402
 
@@ -128,16 +128,9 @@ async def main_async(args: argparse.Namespace) -> None:
             procs.append(subprocess.Popen([str(BIN / "chat-query")], env={**env, "CHAT_PORT": str(port)},
                                           stdout=open(state / f"query-{port}.log", "ab"), stderr=subprocess.STDOUT))
             urls.append(f"http://127.0.0.1:{port}")
+        for url, proc in zip(urls, procs):
+            await wait_ready(url, proc=proc)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            for url in urls:
-                for _ in range(300):
-                    try:
-                        async with session.get(url + "/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
             cases = {
                 "GET /conversations (1,000 conversations)": lambda: "/conversations",
                 "GET /conversations?limit=20": lambda: "/conversations?limit=20",

@@ -7,7 +7,6 @@ a participant gets 404, exactly as if the conversation did not exist.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path

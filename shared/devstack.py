@@ -58,10 +58,32 @@ def _as_user(user: str) -> list[str]:
 def _chown(path: Path, user: str) -> None:
     if IS_ROOT:
         entry = pwd.getpwnam(user)
-        for root, dirs, files in os.walk(path):
+        for root, _dirs, files in os.walk(path):
             os.chown(root, entry.pw_uid, entry.pw_gid)
             for name in files:
                 os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+async def wait_ready(url: str, *, path: str = "/readyz", timeout: float = 30,
+                     proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until a service answers 200 on ``path`` (its readiness by default)."""
+    import asyncio
+
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{url} exited with {proc.returncode}")
+            try:
+                async with session.get(f"{url}{path}", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url}{path} not 200 after {timeout}s")
 
 
 @dataclass

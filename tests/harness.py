@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import aiohttp
 import asyncpg
 
 from shared.auth import mint
-from shared.devstack import Stack
+from shared.devstack import Stack, wait_ready
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 BIN = Path(sys.executable).parent
@@ -63,22 +62,6 @@ class Service:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-async def wait_ready(url: str, timeout: float = 30, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{url} exited with {proc.returncode}")
-            try:
-                async with session.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 class WsClient:

@@ -162,7 +162,7 @@ async def test_several_instances_every_connection_gets_every_event_in_order(syst
         assert {r["id"].__str__() for r in rows} == set(by_id)
         seqs = [f["seq"] for f in seen]
         assert seqs == sorted(seqs)  # each connection gets the conversation's events in seq order
-    for user, client in clients.items():
+    for client in clients.values():
         await client.wait_for(lambda fs: len([f for f in fs if f.get("type") == "new-message"]) >= total)
         assert not client.of_type("error")
 

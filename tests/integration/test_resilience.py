@@ -155,6 +155,19 @@ async def _received_at_least(pairs, n: int) -> bool:
     return sum(len(received_ids(r)) for _, r, _ in pairs) >= n
 
 
+def outcome_of(temp_id: str, errors_before: int):
+    """A predicate: the echo of ``temp_id``, or an error for it newer than the ones seen before."""
+
+    def find(frames: list[dict]) -> dict | None:
+        echo = next((f for f in frames if f.get("type") == "new-message" and f.get("tempMessageId") == temp_id), None)
+        if echo is not None:
+            return echo
+        errors = [f for f in frames if f.get("type") == "error" and f.get("tempMessageId") == temp_id]
+        return errors[-1] if len(errors) > errors_before else None
+
+    return find
+
+
 async def reliable_sender(client: WsClient, cid: uuid.UUID, count: int, tag: str, pace: float) -> None:
     """A client as the contract asks: on `unavailable` (or no echo in 5 s) resend the same tempMessageId."""
     for i in range(count):
@@ -163,13 +176,7 @@ async def reliable_sender(client: WsClient, cid: uuid.UUID, count: int, tag: str
             errors_before = len([f for f in client.of_type("error") if f.get("tempMessageId") == temp_id])
             await client.send_message(cid, f"{tag} {i}", temp_id=temp_id)
             try:
-                outcome = await client.wait_for(
-                    lambda fs: next((f for f in reversed(fs) if f.get("tempMessageId") == temp_id and (
-                        f.get("type") == "new-message" or (f.get("type") == "error" and len(
-                            [e for e in fs if e.get("type") == "error" and e.get("tempMessageId") == temp_id])
-                            > errors_before))), None),
-                    timeout=5,
-                )
+                outcome = await client.wait_for(outcome_of(temp_id, errors_before), timeout=5)
             except asyncio.TimeoutError:
                 continue
             if outcome["type"] == "new-message":

@@ -169,7 +169,7 @@ async def test_jwks_bad_tokens(jwks):
         "alg not allowed": jwt.encode(claims(), jwks.rsa, algorithm="RS512", headers={"kid": "rsa-1"}),
     }
     try:
-        for name, token in cases.items():
+        for token in cases.values():
             with pytest.raises(AuthError):
                 await verifier.verify(token)
     finally:
