@@ -84,17 +84,13 @@ def create_app(settings: Settings) -> web.Application:
         await gw.verifier.close()
 
     async def shutdown(app: web.Application) -> None:
-        readiness.draining = True
         await gw.publisher.close()  # what users sent before shutdown still reaches the writer
         await hub.close_all()  # 1001 going away
-
-    async def broker_ready() -> bool:
-        return broker.ready
 
     async def redis_ready() -> bool:
         return bool(await redis.ping())
 
-    readiness.checks.update(broker=broker_ready, redis=redis_ready)
+    readiness.checks.update(broker=broker.check, redis=redis_ready)
     app.on_shutdown.append(shutdown)
     app.cleanup_ctx.append(resources)
     app.router.add_get("/", websocket)

@@ -91,16 +91,9 @@ def create_app(settings: Settings) -> web.Application:
         await notifier.broker.close()
         await redis.aclose()
 
-    async def draining(app: web.Application) -> None:
-        readiness.draining = True
-
-    async def broker_ready() -> bool:
-        return notifier.broker.ready
-
     async def redis_ready() -> bool:
         return bool(await redis.ping())
 
-    readiness.checks.update(broker=broker_ready, redis=redis_ready)
-    app.on_shutdown.append(draining)
+    readiness.checks.update(broker=notifier.broker.check, redis=redis_ready)
     app.cleanup_ctx.append(resources)
     return app

@@ -280,14 +280,7 @@ def create_app(settings: Settings) -> web.Application:
         await db.close()
         await verifier.close()
 
-    async def draining(app: web.Application) -> None:
-        readiness.draining = True
-
-    async def broker_ready() -> bool:
-        return broker.ready
-
-    readiness.checks.update(database=db.ping, broker=broker_ready)
-    app.on_shutdown.append(draining)
+    readiness.checks.update(database=db.ping, broker=broker.check)
     app.cleanup_ctx.append(resources_ctx)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/conversations", api.list_conversations)

@@ -174,6 +174,10 @@ class Broker:
     def ready(self) -> bool:
         return self.connected.is_set() and self._channel is not None and not self._channel.is_closed
 
+    async def check(self) -> bool:
+        """Readiness check: connected, with a usable publish channel."""
+        return self.ready
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"broker:{self.name}")
 

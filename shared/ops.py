@@ -96,6 +96,11 @@ def add_routes(app: web.Application, service: str) -> Readiness:
     readiness = Readiness()
     app[READINESS] = readiness
     app[SERVICE] = service
+
+    async def draining(app: web.Application) -> None:  # first step of every shutdown: not ready
+        readiness.draining = True
+
+    app.on_shutdown.append(draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -36,9 +36,6 @@ BATCH_SECONDS = prometheus_client.Histogram(
 BATCH_SIZE = prometheus_client.Histogram("chat_writer_batch_commands", "Commands per batch",
                                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 
-DATABASE = web.AppKey("database", Database)
-BROKER = web.AppKey("broker", Broker)
-
 
 class Writer:
     def __init__(self, settings: Settings, db: Database) -> None:
@@ -82,8 +79,6 @@ def create_app(settings: Settings) -> web.Application:
     app, readiness = ops_app("writer")
     db = Database(settings.database_url or "", max_size=4)
     writer = Writer(settings, db)
-    app[DATABASE] = db
-    app[BROKER] = writer.broker
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         db.start()
@@ -93,13 +88,6 @@ def create_app(settings: Settings) -> web.Application:
         await writer.broker.close()
         await db.close()
 
-    async def draining(app: web.Application) -> None:
-        readiness.draining = True
-
-    async def broker_ready() -> bool:
-        return writer.broker.ready
-
-    readiness.checks.update(database=db.ping, broker=broker_ready)
-    app.on_shutdown.append(draining)
+    readiness.checks.update(database=db.ping, broker=writer.broker.check)
     app.cleanup_ctx.append(resources)
     return app
