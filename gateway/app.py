@@ -11,13 +11,12 @@ from functools import partial
 
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from shared import envelope, log as logging, topology
 from shared.amqp import Broker
 from shared.auth import TokenVerifier
 from shared.ops import access_log, add_routes
-from shared.registry import REFRESH_SECONDS, Registry, redis_client
+from shared.registry import REDIS_ERRORS, REFRESH_SECONDS, Registry, redis_client
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
 
@@ -63,7 +62,7 @@ def create_app(settings: Settings) -> web.Application:
             try:
                 await asyncio.wait_for(gw.registry.register(settings.instance_id, hub.pairs()), 5)
                 delay = REFRESH_SECONDS
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("lease_refresh_failed", error=exc.__class__.__name__)
                 delay = 1.0
             await asyncio.sleep(delay)
@@ -77,7 +76,7 @@ def create_app(settings: Settings) -> web.Application:
         await broker.stop_consuming()
         try:
             await asyncio.wait_for(gw.registry.unregister(settings.instance_id, hub.pairs()), 2)
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except REDIS_ERRORS:
             pass
         await broker.close()
         await redis.aclose()
@@ -87,10 +86,7 @@ def create_app(settings: Settings) -> web.Application:
         await gw.publisher.close()  # what users sent before shutdown still reaches the writer
         await hub.close_all()  # 1001 going away
 
-    async def redis_ready() -> bool:
-        return bool(await redis.ping())
-
-    readiness.checks.update(broker=broker.check, redis=redis_ready)
+    readiness.checks.update(broker=broker.check, redis=gw.registry.check)
     app.on_shutdown.append(shutdown)
     app.cleanup_ctx.append(resources)
     app.router.add_get("/", websocket)

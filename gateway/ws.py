@@ -7,11 +7,11 @@ import time
 
 import prometheus_client
 from aiohttp import WSMsgType, web
-from redis.exceptions import RedisError
 
 from shared import frames, log as logging
 from shared.auth import AuthError, AuthUnavailable
 from shared.envelope import Origin, ReadMessages, SendMessage, StartTyping
+from shared.registry import REDIS_ERRORS
 
 from .hub import Connection
 from .state import GATEWAY, Gateway
@@ -74,7 +74,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     conn = Connection(ws, user_id)
     try:
         await asyncio.wait_for(gw.registry.register(gw.settings.instance_id, [(user_id, conn.id)]), 3)
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("ws_register_failed", error=exc.__class__.__name__)
         return _error_response(503, "unavailable", "connection registry unavailable, retry")
     await ws.prepare(request)
@@ -101,7 +101,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await conn.stop()
         try:
             await asyncio.wait_for(gw.registry.unregister(gw.settings.instance_id, [(user_id, conn.id)]), 2)
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except REDIS_ERRORS:
             pass  # the lease lapses on its own
         log.info("ws_closed", conn=conn.id, user_frames=received, sent=conn.sent, close_code=ws.close_code,
                  seconds=round(time.perf_counter() - opened, 3))

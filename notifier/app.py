@@ -1,7 +1,7 @@
 """The notifier service: events in (chat.events.<p>), one delivery per gateway instance out.
 
-For each AMQP message (a batch of events): look up every recipient's connections in Redis in one
-pipelined round trip, plan the deliveries (routing.py), publish one Deliveries batch to each
+For each batch (every AMQP message delivered so far, each a batch of events): look up every
+recipient's connections in Redis with one script call, plan the deliveries (routing.py), publish one Deliveries batch to each
 gateway instance with confirms, then ack. If Redis or the broker fails, the batch is retried
 in place, so nothing is skipped; a gateway that is gone (its queue deleted) is skipped.
 """
@@ -15,12 +15,11 @@ import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared import envelope, log as logging, topology
 from shared.amqp import Broker, Retryable, Unavailable, Unroutable
 from shared.ops import ops_app
-from shared.registry import Registry, now_ms, redis_client, registry_trusted
+from shared.registry import REDIS_ERRORS, Registry, now_ms, redis_client, registry_trusted
 from shared.settings import Settings
 
 from .routing import BROADCAST, plan, users_of
@@ -55,7 +54,7 @@ class Notifier:
         started = time.perf_counter()
         try:
             located, since = await self.registry.instances(users_of(events))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise Retryable(f"redis: {exc.__class__.__name__}") from None
         trusted = registry_trusted(since, now_ms())
         deliveries = plan(events, located, trusted)
@@ -91,9 +90,6 @@ def create_app(settings: Settings) -> web.Application:
         await notifier.broker.close()
         await redis.aclose()
 
-    async def redis_ready() -> bool:
-        return bool(await redis.ping())
-
-    readiness.checks.update(broker=notifier.broker.check, redis=redis_ready)
+    readiness.checks.update(broker=notifier.broker.check, redis=notifier.registry.check)
     app.cleanup_ctx.append(resources)
     return app

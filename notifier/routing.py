@@ -49,11 +49,16 @@ def recipients(event: Event) -> list[tuple[str, list[str]]]:
 
 
 def users_of(events: list[Event]) -> list[str]:
-    """Every user whose connections must be looked up for ``events``, once each."""
+    """Every user whose connections must be looked up for ``events``, once each.
+
+    The same audiences as ``recipients``, without rendering any frame.
+    """
     seen: dict[str, None] = {}
     for event in events:
-        for _, users in recipients(event):
-            seen.update(dict.fromkeys(users))
+        if isinstance(event, TypingStarted):
+            seen.update(dict.fromkeys(u for u in event.participants if u != event.user_id))
+        elif not isinstance(event, CommandRejected):
+            seen.update(dict.fromkeys(event.participants))
     return list(seen)
 
 

@@ -6,13 +6,11 @@ a participant gets 404, exactly as if the conversation did not exist.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
@@ -27,28 +25,10 @@ from shared.settings import Settings
 
 from . import paging, store, webapp
 from .paging import ParamError
+from .responses import ApiError, error_response, json_response, read_json
 
 log = logging.get(__name__)
 MAX_BODY = 16 * 1024
-_json = msgspec.json.Encoder()
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_json.encode(data), status=status, content_type="application/json", headers=headers)
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return json_response({"error": code, "message": message}, status=status)
-
-
 class Query:
     def __init__(self, settings: Settings, db: Database, broker: Broker, verifier: TokenVerifier) -> None:
         self.settings = settings
@@ -146,11 +126,7 @@ class Query:
         -> ``{"conversationId": "..."}``; a direct pair's existing conversation is returned as is.
         Online participants of a new conversation get a ``conversation-created`` frame."""
         user = await self.caller(request)
-        try:
-            body = json.loads(await request.read() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise ParamError("body is not valid JSON") from None
-        new = paging.new_conversation(body, user)
+        new = paging.new_conversation(await read_json(request), user)
         async with self.db.acquire() as conn:
             cid, created = await store.create(conn, user, new, datetime.now(timezone.utc))
         if created:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aiohttp import web
 
 from shared.auth import MAX_USER_ID_LENGTH, mint
 from shared.settings import Settings
+
+from .paging import ParamError
+from .responses import ApiError, json_response, read_json
 
 STATIC = Path(__file__).parent / "static"
 DEV_TOKEN_TTL = 12 * 3600
@@ -24,7 +26,7 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     async def config(request: web.Request) -> web.Response:
         """``GET /app/config.json`` -> ``{"devLogin": bool, "userClaim": "cognito:username"}``."""
         claim = settings.jwt.user_claim if settings.jwt else "cognito:username"
-        return web.json_response({"devLogin": settings.dev_login, "userClaim": claim})
+        return json_response({"devLogin": settings.dev_login, "userClaim": claim})
 
     async def dev_token(request: web.Request) -> web.Response:
         """``POST /dev/token`` with ``{"userId": "alice"}`` -> ``{"token": "<jwt>"}``.
@@ -32,17 +34,13 @@ def add_routes(app: web.Application, settings: Settings) -> None:
         Only with CHAT_DEV_LOGIN=true (which needs the HS256 secret); otherwise 404.
         """
         if not settings.dev_login or settings.jwt is None or settings.jwt.secret is None:
-            return web.json_response({"error": "not_found", "message": "development sign-in is off"}, status=404)
-        try:
-            body = json.loads(await request.read() or b"null")
-        except ValueError:
-            body = None
+            raise ApiError(404, "not_found", "development sign-in is off")
+        body = await read_json(request)
         user = body.get("userId") if isinstance(body, dict) else None
         if not isinstance(user, str) or not 1 <= len(user.strip()) <= MAX_USER_ID_LENGTH:
-            return web.json_response({"error": "bad_request",
-                                      "message": f"userId must be 1 to {MAX_USER_ID_LENGTH} characters"}, status=400)
+            raise ParamError(f"userId must be 1 to {MAX_USER_ID_LENGTH} characters")
         token = mint(settings.jwt.secret, user.strip(), ttl=DEV_TOKEN_TTL, claim=settings.jwt.user_claim)
-        return web.json_response({"token": token})
+        return json_response({"token": token})
 
     app.router.add_get("/app", redirect)
     app.router.add_get("/app/", index)

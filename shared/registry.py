@@ -10,10 +10,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+# What a Redis call can fail with: its own errors, the socket's, and our own timeouts around it.
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def redis_client(url: str) -> Redis:
@@ -52,6 +57,10 @@ class Registry:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._lookup = redis.register_script(LOOKUP)
+
+    async def check(self) -> bool:
+        """Readiness check: Redis answers."""
+        return bool(await self.redis.ping())
 
     async def register(self, instance_id: str, conns: Iterable[tuple[str, str]]) -> None:
         """Take or renew leases for ``(user_id, conn_id)`` pairs held by ``instance_id``."""

@@ -204,6 +204,13 @@ class System:
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.stack.postgres.dsn(self.database))
 
+    async def count_messages(self) -> int:
+        conn = await self.db()
+        try:
+            return await conn.fetchval("SELECT count(*) FROM messages")
+        finally:
+            await conn.close()
+
     async def conversation(self, users: list[str], *, title: str | None = None, group: bool | None = None) -> uuid.UUID:
         """Create a conversation directly in the database (the REST path has its own tests)."""
         group = len(users) > 2 if group is None else group

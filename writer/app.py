@@ -1,8 +1,8 @@
 """The writer service: commands in (chat.commands.<p>), rows in Postgres, events out (chat.events).
 
-For each AMQP message (a batch of commands from one gateway flush): one transaction stores the
-batch, then the resulting events are published with confirms, and only then is the message
-acked. A crash anywhere in between means redelivery, which the idempotent store absorbs.
+For each batch (every AMQP message delivered so far, each the commands of one gateway flush):
+one transaction stores them all, then the resulting events are published with confirms, and only
+then are the messages acked. A crash anywhere in between means redelivery, which the idempotent store absorbs.
 """
 
 from __future__ import annotations

@@ -26,14 +26,6 @@ async def stored(system: System, cid: uuid.UUID) -> list[dict]:
         await conn.close()
 
 
-async def count_messages(system: System) -> int:
-    conn = await system.db()
-    try:
-        return await conn.fetchval("SELECT count(*) FROM messages")
-    finally:
-        await conn.close()
-
-
 def echo_of(temp_id: str):
     return lambda frames: next((f for f in frames if f.get("type") == "new-message" and f["tempMessageId"] == temp_id),
                                None)

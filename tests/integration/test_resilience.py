@@ -14,14 +14,6 @@ import uuid
 from ..harness import System, WsClient
 
 
-async def count_stored(system: System) -> int:
-    conn = await system.db()
-    try:
-        return await conn.fetchval("SELECT count(*) FROM messages")
-    finally:
-        await conn.close()
-
-
 async def all_stored(system: System) -> dict[str, dict]:
     conn = await system.db()
     try:
@@ -148,7 +140,7 @@ async def test_sigterm_to_a_writer_under_load_finishes_its_batch_and_loses_nothi
 
 
 async def _at_least(system: System, n: int) -> bool:
-    return await count_stored(system) >= n
+    return await system.count_messages() >= n
 
 
 async def _received_at_least(pairs, n: int) -> bool:
