@@ -7,26 +7,26 @@ close sockets with 1001 -> stop consuming deliveries -> drop leases -> close bro
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import envelope, log as logging, topology
-from shared.amqp import Broker
+from shared import log as logging, topology
+from shared.amqp import PREFETCH, Broker
 from shared.auth import TokenVerifier
 from shared.ops import access_log, add_routes
 from shared.registry import REDIS_ERRORS, REFRESH_SECONDS, Registry, redis_client
+from shared.service import fatal
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
 
+from .delivery import Deliverer
 from .hub import Hub
 from .publisher import CommandPublisher
 from .state import GATEWAY, Gateway
 from .ws import websocket
 
 log = logging.get(__name__)
-PREFETCH = 64
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -35,20 +35,16 @@ def create_app(settings: Settings) -> web.Application:
     redis = redis_client(settings.redis_url or "")
     hub = Hub()
 
-    async def deliver(batches: list[envelope.Deliveries]) -> None:
-        for batch in batches:
-            for item in batch.items:
-                for conn in hub.targets(item.users, item.conn):
-                    conn.push(item.frame)
+    deliverer = Deliverer(hub)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         await topology.declare_commands(channel, settings.partitions)
         queue = await topology.declare_gateway_queue(channel, settings.instance_id)
-        await broker.consume([queue], partial(envelope.decode, envelope.Deliveries), deliver)
+        await broker.consume(channel, queue, deliverer)
 
-    broker = Broker(settings.amqp_url or "", name=f"gateway:{settings.instance_id}", setup=setup)
+    broker = Broker(settings.amqp_url or "", name=f"gateway:{settings.instance_id}", setup=setup, on_fatal=fatal)
     assert settings.jwt is not None
     gw = Gateway(
         settings=settings, readiness=readiness, verifier=TokenVerifier(settings.jwt), redis=redis,

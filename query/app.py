@@ -21,6 +21,7 @@ from shared.db import TRANSIENT, Database, DatabaseUnavailable
 from shared.envelope import ConversationCreated
 from shared.events import publish_events
 from shared.ops import access_log, add_routes
+from shared.service import fatal
 from shared.settings import Settings
 
 from . import paging, store, webapp
@@ -242,7 +243,7 @@ def create_app(settings: Settings) -> web.Application:
         await topology.declare_events(channel, settings.partitions)  # conversation-created goes there
         await channel.close()
 
-    broker = Broker(settings.amqp_url or "", name=f"query:{settings.instance_id}", setup=setup)
+    broker = Broker(settings.amqp_url or "", name=f"query:{settings.instance_id}", setup=setup, on_fatal=fatal)
     assert settings.jwt is not None
     verifier = TokenVerifier(settings.jwt)
     api = Query(settings, db, broker, verifier)

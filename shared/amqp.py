@@ -6,11 +6,26 @@ connect does not retry (#202). Instead :class:`Broker` runs an explicit loop: co
 start consumers, wait for the connection to close, tear everything down, back off, repeat.
 While it is down, ``ready`` is false and ``publish`` fails at once with :class:`Unavailable`.
 
-Consumers follow one rule (Zulip's queue workers, arq): code *states an outcome*. A body that
-cannot be decoded raises :class:`Poison` (rejected without requeue, into the dead-letter
-queue). The handler then returns (ack), or raises :class:`Retryable` (kept, retried in place
-with backoff, so order is kept). Any other exception is a bug: the batch is requeued after a
-pause and, being in a quorum queue with a delivery limit, dead-lettered if it keeps failing.
+Consumers follow one rule (Zulip's queue workers, arq): a handler *states an outcome*, and one
+wrapper (:class:`Consumer`) turns it into ack, retry or dead-letter:
+
+- it returns: the batch is done and acked;
+- it raises :class:`Retryable` (a dependency is down): the same items are tried again in place,
+  with backoff, for as long as it takes; ``chat_consumer_retrying`` and a ``batch_retry`` log
+  line show it meanwhile, and the queue's order is kept;
+- it raises :class:`Poison`, or anything else (a bug, a value the database refuses): the
+  culprit is isolated by splitting the batch in halves until the failing item stands alone.
+  Every other item is handled as usual; the culprit goes to ``chat.dead`` at once, with the
+  reason in the ``x-chat-reason`` header, and the handler's ``rejected`` hook answers its
+  sender. Nothing is ever requeued toward the delivery limit.
+
+A body that cannot be decoded is dead-lettered the same way, with its reason.
+
+Each consumer has its own channel, so one queue's trouble never holds another's messages, and
+releasing a queue is closing its channel: the broker returns the unacked messages to the head
+of the queue, in order, and activates the next single-active consumer in the same step
+(``../shared/notes/partition-assignment.md``, section 2). ``basic.cancel`` is never used: it
+would let the successor start past our prefetched messages, out of order.
 """
 
 from __future__ import annotations
@@ -18,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aio_pika
+import prometheus_client
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
@@ -30,6 +47,17 @@ from .tasks import cancel_and_wait
 
 log = logging.get(__name__)
 PUBLISH_TIMEOUT = 5.0
+PREFETCH = 64  # unacked messages per consumer (per partition queue); also the largest batch
+DEAD = "chat.dead"  # the dead-letter exchange (declared by topology)
+REASON_HEADER = "x-chat-reason"
+QUEUE_HEADER = "x-chat-queue"
+
+RETRYING = prometheus_client.Gauge("chat_consumer_retrying", "1 while a consumer retries a batch", ["queue"])
+RETRIES = prometheus_client.Counter("chat_consumer_retries_total", "Retryable failures of a batch", ["kind"])
+DEAD_LETTERED = prometheus_client.Counter("chat_consumer_dead_lettered_total",
+                                          "Items or bodies set aside into chat.dead", ["kind"])
+ISOLATIONS = prometheus_client.Counter("chat_consumer_isolations_total",
+                                       "Batches split to isolate an item that failed", ["kind"])
 
 
 class Unavailable(Exception):
@@ -48,38 +76,134 @@ class Poison(Exception):
     """The message can never be processed; dead-letter it."""
 
 
+class Fatal(Exception):
+    """The broker's state contradicts this process's settings: stop the service with this message."""
+
+
 T = TypeVar("T")
-Decode = Callable[[bytes], T]
-Handle = Callable[[list[T]], Awaitable[None]]
 Setup = Callable[[AbstractConnection], Awaitable[None]]
 
 
+class Handler(Protocol[T]):
+    """What a service gives a consumer: how to read a body, handle items, and answer a culprit."""
+
+    kind: str  # e.g. "writer": a label for metrics and logs
+
+    def decode(self, body: bytes) -> list[T]:
+        """Items of one body; raise Poison or ValueError if it is not one."""
+
+    def encode(self, items: list[T]) -> bytes:
+        """A body holding ``items`` (used to dead-letter a culprit alone)."""
+
+    async def handle(self, items: list[T]) -> None:
+        """Handle items in order; raise Retryable, Poison, or fail as it may."""
+
+    async def rejected(self, item: T, reason: str) -> None:
+        """``item`` was set aside: tell whoever waits for it (raise Retryable if that fails)."""
+
+
+class Backoff:
+    """Sleeps between retries, doubling from ``first`` to ``cap``; ``stop()`` ends the wait early."""
+
+    def __init__(self, first: float = 0.2, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+        self.stopping = asyncio.Event()
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def wait(self) -> bool:
+        """Wait before the next try; False if the consumer is stopping (leave the items unsettled)."""
+        if self.stopping.is_set():
+            return False
+        try:
+            await asyncio.wait_for(self.stopping.wait(), self.delay)
+            return False
+        except asyncio.TimeoutError:
+            self.delay = min(self.delay * 2, self.cap)
+            return True
+
+
+def reason_of(exc: BaseException) -> str:
+    text = str(exc)
+    return (f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__)[:500]
+
+
+async def isolate(items: list[T], handle: Callable[[list[T]], Awaitable[None]],
+                  poisoned: Callable[[T, str], Awaitable[None]], backoff: Backoff,
+                  on_retry: Callable[[BaseException], None] = lambda exc: None,
+                  on_split: Callable[[int], None] = lambda n: None) -> bool:
+    """Handle ``items`` so that an item that cannot be handled fails alone, in order.
+
+    The whole list is tried first (the common case costs one call). A non-retryable failure
+    splits the failing piece in halves, each tried in turn, until the culprit stands alone and
+    goes to ``poisoned``. A :class:`Retryable` failure retries the same piece after
+    ``backoff``; the pieces before it are not handled again. Returns False if the consumer
+    stopped before the end (the rest stays unsettled, for the broker to redeliver).
+    """
+    pending: deque[tuple[list[T], str | None]] = deque([(items, None)] if items else [])
+    while pending:
+        piece, culprit = pending[0]  # culprit: why this one-item piece failed, once isolated
+        try:
+            if culprit is None:
+                await handle(piece)
+            else:
+                await poisoned(piece[0], culprit)
+        except Retryable as exc:
+            on_retry(exc)
+            if not await backoff.wait():
+                return False
+            continue
+        except Exception as exc:
+            pending.popleft()
+            if culprit is not None:
+                log.exception("dead_letter_hook_failed", reason=culprit)  # a bug in poisoned(): move on
+            elif len(piece) == 1:
+                pending.appendleft((piece, reason_of(exc)))
+            else:
+                on_split(len(piece))
+                mid = len(piece) // 2
+                pending.extendleft([(piece[mid:], None), (piece[:mid], None)])
+            continue
+        pending.popleft()
+        backoff.reset()
+    return True
+
+
+DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
+
+
 class Consumer(Generic[T]):
-    """Consumes queues on one channel in batches: whatever has arrived is handled together.
+    """Consumes one queue on its own channel, in batches: whatever has arrived is handled together.
 
     One AMQP message already carries a batch; under load several are waiting, and handling
     them in one go (one transaction, one Redis round trip, one publish per destination) is
-    what keeps the per-message cost low. Messages are taken in delivery order, so each queue's
+    what keeps the per-message cost low. Messages are taken in delivery order, so the queue's
     order is kept, and the batch is settled with a single ``ack(multiple=True)``.
     """
 
-    def __init__(self, queues: list[AbstractQueue], decode: Decode[T], handle: Handle[T], *, name: str,
-                 max_batch: int = 256) -> None:
-        self.queues = queues
-        self.decode = decode
-        self.handle = handle
-        self.name = name
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler[T], dead_letter: DeadLetter,
+                 *, consumer_tag: str | None = None, max_batch: int = PREFETCH) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.consumer_tag = consumer_tag
         self.max_batch = max_batch
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._tags: list[tuple[AbstractQueue, str]] = []
         self._task: asyncio.Task[None] | None = None
         self._current: asyncio.Future[None] | None = None
-        self._stopping = False
+        self._backoff = Backoff()
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.name}")
-        for queue in self.queues:
-            self._tags.append((queue, await queue.consume(self._receive, no_ack=False)))
+        await self.queue.consume(self._receive, no_ack=False, consumer_tag=self.consumer_tag)
 
     async def _receive(self, message: AbstractIncomingMessage) -> None:
         self._inbox.put_nowait(message)
@@ -97,53 +221,75 @@ class Consumer(Generic[T]):
                     self._current = None
 
     async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
-        kept: list[AbstractIncomingMessage] = []
+        started = time.perf_counter()
+        kind = self.handler.kind
         items: list[T] = []
         for message in messages:
             try:
-                items.append(self.decode(message.body))
-                kept.append(message)
-            except (Poison, ValueError) as exc:  # undecodable: no retry can help
-                log.error("message_dead_lettered", consumer=self.name, reason=str(exc)[:500])
-                await _settle(message.reject(requeue=False))
-        if not kept:
-            return
-        last = kept[-1]
-        delay = 0.2
-        while True:
-            started = time.perf_counter()
-            try:
-                await self.handle(items)
-            except Retryable as exc:
-                if self._stopping or last.channel.is_closed:
-                    await _settle(last.nack(multiple=True, requeue=True))
+                items.extend(self.handler.decode(message.body))
+            except Exception as exc:  # undecodable (Poison, ValueError or worse): no retry can help
+                DEAD_LETTERED.labels(kind).inc()
+                log.error("message_dead_lettered", queue=self.name, reason=reason_of(exc))
+                if not await self._until_done(lambda m=message, e=exc: self.dead_letter(m.body, reason_of(e),
+                                                                                       self.name)):
                     return
-                log.warning("batch_retry", consumer=self.name, error=str(exc)[:300], retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except Exception:
-                log.exception("batch_failed", consumer=self.name)
-                await asyncio.sleep(1.0)
-                await _settle(last.nack(multiple=True, requeue=True))  # counts toward the delivery limit
-                return
-            await _settle(last.ack(multiple=True))
-            log.debug("batch_processed", consumer=self.name, messages=len(kept),
-                      ms=round((time.perf_counter() - started) * 1000, 2))
-            return
+
+        def retried(exc: BaseException) -> None:
+            RETRIES.labels(kind).inc()
+            RETRYING.labels(self.name).set(1)
+            log.warning("batch_retry", queue=self.name, error=reason_of(exc)[:300], retry_in=self._backoff.delay)
+
+        def split(n: int) -> None:
+            ISOLATIONS.labels(kind).inc()
+            log.warning("batch_isolating", queue=self.name, items=n)
+
+        done = await isolate(items, self.handler.handle, self._poisoned, self._backoff, retried, split)
+        RETRYING.labels(self.name).set(0)
+        if not done:
+            return  # stopping: the channel's close hands the unsettled messages back, in order
+        await _settle(messages[-1].ack(multiple=True))
+        log.debug("batch_processed", queue=self.name, messages=len(messages), items=len(items),
+                  ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def _poisoned(self, item: T, reason: str) -> None:
+        DEAD_LETTERED.labels(self.handler.kind).inc()
+        log.error("item_dead_lettered", queue=self.name, reason=reason)
+        await self._unavailable_is_retryable(self.dead_letter(self.handler.encode([item]), reason, self.name))
+        await self.handler.rejected(item, reason)
+
+    async def _until_done(self, action: Callable[[], Awaitable[None]]) -> bool:
+        while True:
+            try:
+                await self._unavailable_is_retryable(action())
+                return True
+            except Retryable as exc:
+                log.warning("dead_letter_retry", queue=self.name, error=reason_of(exc))
+                if not await self._backoff.wait():
+                    return False
+
+    @staticmethod
+    async def _unavailable_is_retryable(action: Awaitable[None]) -> None:
+        try:
+            await action
+        except Unavailable as exc:
+            raise Retryable(f"broker: {exc}") from None
 
     async def stop(self) -> None:
-        """Stop consuming, finish the batch in hand; unstarted ones are requeued by the broker."""
-        self._stopping = True
-        for queue, tag in self._tags:
-            if not queue.channel.is_closed:
-                try:
-                    await asyncio.wait_for(queue.cancel(tag), 5)
-                except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
-                    pass
+        """Take no more messages from the inbox and finish (and ack) the batch in hand."""
+        self._backoff.stopping.set()
         await cancel_and_wait(self._task)
         if self._current is not None:
             await self._current
+
+    async def close(self) -> None:
+        """Release the queue: finish the batch in hand, then close the channel (the broker
+        returns what is left to the queue's head and activates the next consumer)."""
+        await self.stop()
+        if not self.channel.is_closed:
+            try:
+                await asyncio.wait_for(self.channel.close(), 5)
+            except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
+                pass
 
 
 async def _settle(action: Awaitable[None]) -> None:
@@ -154,17 +300,97 @@ async def _settle(action: Awaitable[None]) -> None:
         log.warning("settle_failed", error=exc.__class__.__name__)
 
 
+class Worker(Protocol):
+    async def stop(self) -> None: ...
+
+
+class PartitionGroup(Generic[T]):
+    """The partition queues this replica is assigned (``want``), one channel and Consumer each.
+
+    ``want`` only records the wish; a reconcile task owned by the group releases the queues no
+    longer wanted (first, so their successors can start) and subscribes to the new ones. It
+    follows the broker's connection: ``attach`` on every (re)connect, ``stop`` on teardown.
+    """
+
+    def __init__(self, broker: Broker, queue_name: Callable[[int], str], handler: Handler[T], *,
+                 prefetch: int = PREFETCH) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.handler = handler
+        self.prefetch = prefetch
+        self.wanted: frozenset[int] = frozenset()
+        self.consumers: dict[int, Consumer[T]] = {}
+        self._connection: AbstractConnection | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def want(self, partitions: frozenset[int]) -> None:
+        self.wanted = partitions
+        self._changed.set()
+
+    @property
+    def active(self) -> frozenset[int]:
+        return frozenset(self.consumers)
+
+    async def attach(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        await self._sync()
+        self._task = asyncio.create_task(self._reconcile(), name=f"partitions:{self.handler.kind}")
+
+    async def _reconcile(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self._sync()
+
+    async def _sync(self) -> None:
+        self._changed.clear()
+        wanted = self.wanted
+        gone = [self.consumers.pop(p) for p in sorted(set(self.consumers) - wanted)]
+        await asyncio.gather(*(c.close() for c in gone), return_exceptions=True)
+        for p in sorted(wanted - set(self.consumers)):
+            if self._connection is None or self._connection.is_closed:
+                return
+            try:
+                self.consumers[p] = await self._open(p)
+            except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                log.warning("partition_subscribe_failed", partition=p, error=reason_of(exc))
+                self.broker.lost()  # rebuild the connection rather than run with a hole
+                return
+        if gone or wanted:
+            log.info("partitions_consuming", kind=self.handler.kind, partitions=sorted(self.consumers))
+
+    async def _open(self, p: int) -> Consumer[T]:
+        assert self._connection is not None
+        channel = await asyncio.wait_for(self._connection.channel(), 10)
+        await channel.set_qos(prefetch_count=self.prefetch)
+        queue = await channel.get_queue(self.queue_name(p), ensure=False)
+        consumer = Consumer(channel, queue, self.handler, self.broker.dead_letter, max_batch=self.prefetch,
+                            consumer_tag=f"{self.broker.name}:{p}")
+        await consumer.start()
+        return consumer
+
+    async def stop(self) -> None:
+        """Release every queue (the connection is going away, or the service is shutting down)."""
+        await cancel_and_wait(self._task)
+        self._task = None
+        consumers, self.consumers = list(self.consumers.values()), {}
+        await asyncio.gather(*(c.close() for c in consumers), return_exceptions=True)
+        self._connection = None
+
+
 class Broker:
     """Supervises one AMQP connection: a confirmed publish channel plus the caller's consumers."""
 
-    def __init__(self, url: str, *, name: str, setup: Setup | None = None) -> None:
+    def __init__(self, url: str, *, name: str, setup: Setup | None = None,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.name = name
         self.setup = setup
-        self.connection: AbstractConnection | None = None
+        self.on_fatal = on_fatal
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._workers: list[Consumer] = []  # type: ignore[type-arg]
+        self._workers: list[Worker] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lost = asyncio.Event()
@@ -181,16 +407,21 @@ class Broker:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"broker:{self.name}")
 
-    async def wait_ready(self, timeout: float) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout)
+    def lost(self) -> None:
+        """Tear the connection down and rebuild it (a part of it can no longer be trusted)."""
+        self._lost.set()
 
-    async def consume(self, queues: list[AbstractQueue], decode: Decode[T], handle: Handle[T], *,
-                      max_batch: int = 256) -> Consumer[T]:
-        """Called from ``setup``: consume ``queues`` in batches; stopped and dropped with the connection."""
-        consumer = Consumer(queues, decode, handle, name=",".join(q.name for q in queues), max_batch=max_batch)
+    async def consume(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler[T]) -> Consumer[T]:
+        """Called from ``setup``: consume ``queue`` on ``channel`` (the consumer's own); dropped with the connection."""
+        consumer = Consumer(channel, queue, handler, self.dead_letter, consumer_tag=f"{self.name}:{queue.name}")
         self._workers.append(consumer)
         await consumer.start()
         return consumer
+
+    async def consume_partitions(self, connection: AbstractConnection, group: PartitionGroup[T]) -> None:
+        """Called from ``setup``: let ``group`` subscribe to the partitions it wants on this connection."""
+        self._workers.append(group)
+        await group.attach(connection)
 
     async def _run(self) -> None:
         backoff = 0.25
@@ -205,7 +436,6 @@ class Broker:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            self.connection = connection
             connection.close_callbacks.add(lambda *_: self._lost.set())
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -223,6 +453,11 @@ class Broker:
                 lost_wait.cancel()
                 if not self._stop.is_set():
                     log.warning("amqp_connection_lost")
+            except Fatal as exc:
+                log.error("amqp_setup_refused", error=str(exc))
+                self._stop.set()
+                if self.on_fatal is not None:
+                    self.on_fatal(str(exc))
             except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                 log.warning("amqp_setup_failed", error=f"{exc.__class__.__name__}: {exc}"[:300])
             finally:
@@ -233,11 +468,9 @@ class Broker:
                 backoff = min(backoff * 2, 5.0)
 
     async def _teardown(self, connection: AbstractConnection) -> None:
-        workers, self._workers = self._workers, []
-        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        await self.stop_consuming()
         self._channel = None
         self._exchanges.clear()
-        self.connection = None
         try:
             await asyncio.wait_for(connection.close(), 5)
         except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
@@ -260,8 +493,12 @@ class Broker:
             await self._task
             self._task = None
 
+    async def dead_letter(self, body: bytes, reason: str, queue: str) -> None:
+        """Set ``body`` aside in ``chat.dead`` with why and where from (raises Unavailable)."""
+        await self.publish(DEAD, "", body, headers={REASON_HEADER: reason, QUEUE_HEADER: queue})
+
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = False,
-                      timeout: float = PUBLISH_TIMEOUT) -> None:
+                      timeout: float = PUBLISH_TIMEOUT, headers: dict[str, Any] | None = None) -> None:
         """Publish persistently and wait for the broker's confirm, within ``timeout``."""
         channel = self._channel
         if channel is None or channel.is_closed or not self.connected.is_set():
@@ -275,6 +512,7 @@ class Broker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
             message_id=uuid.uuid4().hex,  # a returned message is matched to its publish by id
+            headers=headers,
         )
         try:
             await asyncio.wait_for(target.publish(message, routing_key, mandatory=mandatory), timeout)

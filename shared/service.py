@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -21,6 +22,15 @@ def settings_or_exit(command: str, loader: Callable[[], Settings]) -> Settings:
     return settings
 
 
+_fatal: list[str] = []
+
+
+def fatal(message: str) -> None:
+    """Stop this service for good: a graceful shutdown now, then exit status 2 with ``message``."""
+    _fatal.append(message)
+    signal.raise_signal(signal.SIGTERM)
+
+
 def install_uvloop() -> None:
     try:
         import uvloop
@@ -35,3 +45,6 @@ def serve(app: web.Application, settings: Settings, *, shutdown_timeout: float =
     logging.get(__name__).info("service_starting", host=settings.host, port=settings.port)
     web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
                 shutdown_timeout=shutdown_timeout, handle_signals=True)
+    if _fatal:
+        print(f"chat-{settings.service}: {_fatal[0]}", file=sys.stderr)
+        raise SystemExit(2)

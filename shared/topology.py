@@ -10,6 +10,10 @@
 - ``chat.broadcast`` (fanout) -> every gateway queue: used while the Redis registry is not
   trustworthy (just after Redis lost its data), so nothing is missed meanwhile.
 - ``chat.dead`` (fanout) -> ``chat.dead``: poison messages and those redelivered too often.
+- ``chat.partitions``: an empty marker queue whose ``x-max-length`` records ``CHAT_PARTITIONS``.
+  RabbitMQ refuses to redeclare a queue with a different value, so a service started with
+  another partition count is refused (:class:`PartitionsMismatch`) instead of silently sending
+  a conversation's commands to a second queue, out of order.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import zlib
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aiormq.exceptions import ChannelPreconditionFailed
+
+from .amqp import DEAD, Fatal
 
 COMMANDS = "chat.commands"
 EVENTS = "chat.events"
 DELIVERIES = "chat.deliveries"
 BROADCAST = "chat.broadcast"
-DEAD = "chat.dead"
+PARTITIONS_MARKER = "chat.partitions"
 DELIVERY_LIMIT = 20  # a message redelivered this often (e.g. it crashes its consumer) is dead-lettered
 GATEWAY_QUEUE_EXPIRES_MS = 120_000
 
@@ -42,6 +49,26 @@ def event_queue(p: int) -> str:
     return f"{EVENTS}.{p}"
 
 
+class PartitionsMismatch(Fatal):
+    """This broker's queues were laid out for another CHAT_PARTITIONS."""
+
+
+async def check_partitions(channel: AbstractChannel, partitions: int) -> None:
+    """Declare the marker with ``partitions``; a different recorded value stops the service.
+
+    (RabbitMQ closes the channel of a refused declare; the service stops anyway.)
+    """
+    try:
+        await channel.declare_queue(PARTITIONS_MARKER, durable=True, arguments={"x-max-length": partitions})
+    except ChannelPreconditionFailed as exc:
+        raise PartitionsMismatch(
+            f"CHAT_PARTITIONS={partitions} does not match this broker, whose queues were laid out for another "
+            f"count ({exc}). Changing it on a running system would split conversations across queues and break "
+            "their order: keep the old value, or follow docs/operations.md (drain, then delete the "
+            f"{PARTITIONS_MARKER!r} queue) to change it"
+        ) from None
+
+
 def gateway_queue(instance_id: str) -> str:
     return f"chat.gateway.{instance_id}"
 
@@ -53,6 +80,7 @@ async def _dead_letter(channel: AbstractChannel) -> None:
 
 
 async def _partitioned(channel: AbstractChannel, exchange_name: str, partitions: int) -> list[AbstractQueue]:
+    await check_partitions(channel, partitions)
     await _dead_letter(channel)
     exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT, durable=True)
     queues = []
