@@ -1,31 +1,35 @@
 """The notifier service: events in (chat.events.<p>), one delivery per gateway instance out.
 
-For each batch (every AMQP message delivered so far, each a batch of events): look up every
-recipient's connections in Redis with one script call, plan the deliveries (routing.py), publish one Deliveries batch to each
-gateway instance with confirms, then ack. If Redis or the broker fails, the batch is retried
-in place, so nothing is skipped; a gateway that is gone (its queue deleted) is skipped.
+Each replica consumes the partitions the membership in Redis assigns it (shared/membership.py).
+For each batch (every AMQP message of one partition delivered so far, each a batch of events):
+look up every recipient's connections in Redis with one script call, plan the deliveries
+(routing.py), publish one Deliveries batch to each gateway instance with confirms, then ack. If
+Redis or the broker fails, the batch is retried in place, so nothing is skipped; a gateway that
+is gone (its queue deleted) is skipped; an event that makes routing fail is set aside alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from functools import partial
 
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
-from redis.asyncio import Redis
 
 from shared import envelope, log as logging, topology
-from shared.amqp import Broker, Retryable, Unavailable, Unroutable
+from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable, Unroutable
+from shared.events import Publisher
+from shared.membership import Membership
 from shared.ops import ops_app
 from shared.registry import REDIS_ERRORS, Registry, now_ms, redis_client, registry_trusted
+from shared.service import fatal
 from shared.settings import Settings
+from shared.tasks import cancel_and_wait
 
 from .routing import BROADCAST, plan, users_of
 
 log = logging.get(__name__)
-PREFETCH = 64
 
 DELIVERIES = prometheus_client.Counter("chat_deliveries_published_total", "Delivery batches sent to gateways", ["mode"])
 FRAMES = prometheus_client.Counter("chat_frames_routed_total", "Frames routed to gateway instances")
@@ -36,21 +40,27 @@ BATCH_SECONDS = prometheus_client.Histogram(
 
 
 class Notifier:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
-        self.settings = settings
-        self.registry = Registry(redis)
-        self.broker = Broker(settings.amqp_url or "", name=f"notifier:{settings.instance_id}", setup=self.setup)
+    """The notifier's consumer handler (shared.amqp.Handler): routes events to gateway instances."""
 
-    async def setup(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=PREFETCH)
-        await topology.declare_deliveries(channel)
-        queues = await topology.declare_events(channel, self.settings.partitions)
-        await self.broker.consume(queues, partial(envelope.decode, envelope.Events), self.handle, max_batch=PREFETCH)
+    kind = "notifier"
 
-    async def handle(self, batches: list[envelope.Events]) -> None:
-        """Route everything that has arrived: one Redis round trip, one publish per gateway."""
-        events = [event for batch in batches for event in batch.items]
+    def __init__(self, registry: Registry, publisher: Publisher) -> None:
+        self.registry = registry
+        self.publisher = publisher
+
+    def decode(self, body: bytes) -> list[envelope.Event]:
+        return envelope.decode(envelope.Events, body).items
+
+    def encode(self, items: list[envelope.Event]) -> bytes:
+        return envelope.encode(envelope.Events(items=items))
+
+    async def handle(self, events: list[envelope.Event]) -> None:
+        """Route ``events``: one Redis round trip, one publish per gateway.
+
+        Takes ``{"type":"message-stored",...,"participants":[...]}`` and the other events; emits
+        ``{"v":1,"items":[["<frame json>",["<user>",...],null],...]}`` to each gateway holding a
+        recipient (chat.deliveries, routing key = the gateway's instance id).
+        """
         started = time.perf_counter()
         try:
             located, since = await self.registry.instances(users_of(events))
@@ -62,9 +72,9 @@ class Notifier:
             body_out = envelope.encode(envelope.Deliveries(items=items))
             try:
                 if instance is BROADCAST:
-                    await self.broker.publish(topology.BROADCAST, "", body_out)
+                    await self.publisher.publish(topology.BROADCAST, "", body_out)
                 else:
-                    await self.broker.publish(topology.DELIVERIES, instance, body_out, mandatory=True)
+                    await self.publisher.publish(topology.DELIVERIES, instance, body_out, mandatory=True)
             except Unroutable:
                 log.info("gateway_gone", gateway=instance, frames=len(items))
                 continue
@@ -74,22 +84,39 @@ class Notifier:
             FRAMES.inc(len(items))
         elapsed = time.perf_counter() - started
         BATCH_SECONDS.observe(elapsed)
-        log.info("events_routed", messages=len(batches), events=len(events), gateways=len(deliveries), trusted=trusted,
+        log.info("events_routed", events=len(events), gateways=len(deliveries), trusted=trusted,
                  ms=round(elapsed * 1000, 2))
+
+    async def rejected(self, event: envelope.Event, reason: str) -> None:
+        """An event that cannot be routed is set aside (chat.dead has it); the others went on."""
 
 
 def create_app(settings: Settings) -> web.Application:
     app, readiness = ops_app("notifier")
     redis = redis_client(settings.redis_url or "")
-    notifier = Notifier(settings, redis)
+
+    async def setup(connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        await topology.declare_deliveries(channel)
+        await topology.declare_events(channel, settings.partitions)
+        await channel.close()
+        await broker.consume_partitions(connection, group)
+
+    broker = Broker(settings.amqp_url or "", name=f"notifier:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    notifier = Notifier(Registry(redis), broker)
+    group = PartitionGroup(broker, topology.event_queue, notifier)
+    membership = Membership(redis, "notifier", settings.instance_id, settings.partitions, group.want)
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
-        notifier.broker.start()
+        broker.start()
+        beat = asyncio.create_task(membership.run(), name="membership")
         yield
-        await notifier.broker.stop_consuming()
-        await notifier.broker.close()
+        await cancel_and_wait(beat)
+        await membership.leave()
+        await broker.stop_consuming()
+        await broker.close()
         await redis.aclose()
 
-    readiness.checks.update(broker=notifier.broker.check, redis=notifier.registry.check)
+    readiness.checks.update(broker=broker.check, redis=notifier.registry.check)
     app.cleanup_ctx.append(resources)
     return app

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any, Protocol
 
 from . import envelope, topology
-from .amqp import Broker
 from .envelope import Event, Events
+
+
+class Publisher(Protocol):
+    """What a stage needs of the broker to announce its output (``amqp.Broker``, or a test's fake)."""
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = ...,
+                      timeout: float = ..., headers: dict[str, Any] | None = ...) -> None: ...
 
 
 def by_partition(events: list[Event], partitions: int) -> dict[int, list[Event]]:
@@ -18,7 +25,7 @@ def by_partition(events: list[Event], partitions: int) -> dict[int, list[Event]]
     return grouped
 
 
-async def publish_events(broker: Broker, events: list[Event], partitions: int) -> None:
+async def publish_events(broker: Publisher, events: list[Event], partitions: int) -> None:
     """One confirmed publish per partition touched; raises amqp.Unavailable if any fails."""
     for p, items in sorted(by_partition(events, partitions).items()):
         await broker.publish(topology.EVENTS, str(p), envelope.encode(Events(items=items)))

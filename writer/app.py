@@ -1,30 +1,40 @@
 """The writer service: commands in (chat.commands.<p>), rows in Postgres, events out (chat.events).
 
-For each batch (every AMQP message delivered so far, each the commands of one gateway flush):
-one transaction stores them all, then the resulting events are published with confirms, and only
-then are the messages acked. A crash anywhere in between means redelivery, which the idempotent store absorbs.
+Each replica consumes the partitions the membership in Redis assigns it (shared/membership.py),
+one channel per partition. For each batch (every AMQP message of one partition delivered so
+far, each the commands of one gateway flush): one transaction stores them all, then the
+resulting events are published with confirms, and only then are the messages acked. A crash
+anywhere in between means redelivery, which the idempotent store absorbs. A command that cannot
+be stored fails alone (shared/amqp.py isolates it): it is set aside in chat.dead and its sender
+gets ``error``; the commands that travelled with it are stored as usual.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from functools import partial
 
+import asyncpg
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import envelope, log as logging, topology
-from shared.amqp import Broker, Retryable, Unavailable
+from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
-from shared.events import publish_events
+from shared.envelope import Command
+from shared.events import Publisher, publish_events
+from shared.membership import Membership
 from shared.ops import ops_app
+from shared.registry import redis_client
+from shared.service import fatal
 from shared.settings import Settings
+from shared.tasks import cancel_and_wait
 
+from .plan import reject
 from .store import store
 
 log = logging.get(__name__)
-PREFETCH = 64
 
 STORED = prometheus_client.Counter("chat_messages_stored_total", "Messages newly stored")
 DUPLICATES = prometheus_client.Counter("chat_messages_duplicate_total", "Sends that were already stored")
@@ -35,59 +45,94 @@ BATCH_SECONDS = prometheus_client.Histogram(
 )
 BATCH_SIZE = prometheus_client.Histogram("chat_writer_batch_commands", "Commands per batch",
                                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+# Failures worth retrying in place. A unique violation means another writer stored the same key a
+# moment ago (two partitions sharing a sender's tempMessageId): the retry reads it and decides.
+RETRY = (DatabaseUnavailable, asyncpg.UniqueViolationError, *TRANSIENT)
 
 
 class Writer:
-    def __init__(self, settings: Settings, db: Database) -> None:
-        self.settings = settings
+    """The writer's consumer handler (shared.amqp.Handler): stores commands, announces events."""
+
+    kind = "writer"
+
+    def __init__(self, db: Database, publisher: Publisher, partitions: int) -> None:
         self.db = db
-        self.broker = Broker(settings.amqp_url or "", name=f"writer:{settings.instance_id}", setup=self.setup)
+        self.publisher = publisher
+        self.partitions = partitions
 
-    async def setup(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=PREFETCH)
-        await topology.declare_events(channel, self.settings.partitions)
-        queues = await topology.declare_commands(channel, self.settings.partitions)
-        await self.broker.consume(queues, partial(envelope.decode, envelope.Commands), self.handle, max_batch=PREFETCH)
+    def decode(self, body: bytes) -> list[Command]:
+        return envelope.decode(envelope.Commands, body).items
 
-    async def handle(self, batches: list[envelope.Commands]) -> None:
-        """Store everything that has arrived in one transaction, announce it, then (caller) ack."""
-        commands = [command for batch in batches for command in batch.items]
+    def encode(self, items: list[Command]) -> bytes:
+        return envelope.encode(envelope.Commands(items=items))
+
+    async def handle(self, commands: list[Command]) -> None:
+        """Store ``commands`` in one transaction, then announce the events (the caller acks).
+
+        Takes ``{"type":"send-message","user_id":...,"conversation_id":...,"temp_message_id":...,
+        "content":...,"origin":{...}}`` (and read-messages, typing); emits ``message-stored``,
+        ``read-updated``, ``typing-started`` and ``command-rejected`` events to chat.events.
+        """
         started = time.perf_counter()
         try:
             async with self.db.acquire() as conn, conn.transaction():
-                outcome = await store(conn, commands)
-        except (DatabaseUnavailable, *TRANSIENT) as exc:
+                decided, events = await store(conn, commands)
+        except RETRY as exc:
             raise Retryable(f"database: {exc.__class__.__name__}") from None
-        try:
-            await publish_events(self.broker, outcome.events, self.settings.partitions)
-        except Unavailable as exc:
-            raise Retryable(f"broker: {exc}") from None
+        await self._announce(events)
         elapsed = time.perf_counter() - started
-        STORED.inc(outcome.stored)
-        DUPLICATES.inc(outcome.duplicates)
-        for event in outcome.events:
+        STORED.inc(decided.stored)
+        DUPLICATES.inc(decided.duplicates)
+        for event in events:
             if isinstance(event, envelope.CommandRejected):
                 REJECTED.labels(event.code).inc()
         BATCH_SECONDS.observe(elapsed)
         BATCH_SIZE.observe(len(commands))
-        log.info("batch_stored", messages=len(batches), commands=len(commands), stored=outcome.stored, duplicates=outcome.duplicates,
-                 rejected=outcome.rejected, ms=round(elapsed * 1000, 2))
+        log.info("batch_stored", commands=len(commands), stored=decided.stored, duplicates=decided.duplicates,
+                 rejected=decided.rejected, ms=round(elapsed * 1000, 2))
+
+    async def rejected(self, command: Command, reason: str) -> None:
+        """``command`` could not be stored and was set aside: tell its sender, with its tempMessageId."""
+        REJECTED.labels("unstorable").inc()
+        await self._announce([reject(command, "invalid_frame", "this message could not be stored and was set aside")])
+
+    async def _announce(self, events: list[envelope.Event]) -> None:
+        try:
+            await publish_events(self.publisher, events, self.partitions)
+        except Unavailable as exc:
+            raise Retryable(f"broker: {exc}") from None
 
 
 def create_app(settings: Settings) -> web.Application:
     app, readiness = ops_app("writer")
     db = Database(settings.database_url or "", max_size=4)
-    writer = Writer(settings, db)
+    redis = redis_client(settings.redis_url or "")
+
+    async def setup(connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        await topology.declare_events(channel, settings.partitions)
+        await topology.declare_commands(channel, settings.partitions)
+        await channel.close()
+        await broker.consume_partitions(connection, group)
+
+    broker = Broker(settings.amqp_url or "", name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    writer = Writer(db, broker, settings.partitions)
+    group = PartitionGroup(broker, topology.command_queue, writer)
+    membership = Membership(redis, "writer", settings.instance_id, settings.partitions, group.want)
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         db.start()
-        writer.broker.start()
+        broker.start()
+        beat = asyncio.create_task(membership.run(), name="membership")
         yield
-        await writer.broker.stop_consuming()  # finish the batch in hand, then stop
-        await writer.broker.close()
+        await cancel_and_wait(beat)
+        await membership.leave()  # the others take our partitions at their next beat...
+        await broker.stop_consuming()  # ...and get each one as we finish its batch and close its channel
+        await broker.close()
         await db.close()
+        await redis.aclose()
 
-    readiness.checks.update(database=db.ping, broker=writer.broker.check)
+    readiness.checks.update(database=db.ping, broker=broker.check)
     app.cleanup_ctx.append(resources)
     return app
+

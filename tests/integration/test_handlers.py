@@ -1,0 +1,128 @@
+"""The writer's and the notifier's handlers in-process, with a fake publisher (Zulip-style):
+real Postgres and Redis, no broker. The consumer's isolation rule runs on top of the real handler."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from notifier.app import Notifier
+from shared import envelope, topology
+from shared.amqp import Backoff, Retryable, Unavailable, isolate
+from shared.db import Database
+from shared.envelope import Origin, ReadMessages, SendMessage
+from shared.registry import Registry
+from writer.app import Writer
+
+from ..conftest import new_database
+
+ORIGIN = Origin("gw-test", "conn-1")
+
+
+class FakePublisher:
+    def __init__(self, fail: bool = False) -> None:
+        self.published: list[tuple[str, str, bytes]] = []
+        self.fail = fail
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        if self.fail:
+            raise Unavailable("broker down")
+        self.published.append((exchange, routing_key, body))
+
+    def events(self) -> list[envelope.Event]:
+        return [e for ex, _, body in self.published if ex == topology.EVENTS
+                for e in envelope.decode(envelope.Events, body).items]
+
+
+@pytest.fixture
+async def writer_db(stack):
+    dsn = stack.postgres.dsn(new_database(stack))
+    db = Database(dsn, max_size=2)
+    db.start()
+    await db.connected.wait()
+    conn = await asyncpg.connect(dsn)
+    cid = uuid.uuid4()
+    await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) VALUES ($1, false, 'a', 'a b')", cid)
+    await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
+                           [(cid, "alice"), (cid, "bob")])
+    yield db, conn, cid
+    await conn.close()
+    await db.close()
+
+
+def send(cid: uuid.UUID, temp: str, content: str = "hi", user: str = "alice") -> SendMessage:
+    return SendMessage(user_id=user, conversation_id=cid, temp_message_id=temp, content=content, origin=ORIGIN)
+
+
+async def test_writer_stores_and_announces_in_order(writer_db):
+    db, conn, cid = writer_db
+    fake = FakePublisher()
+    writer = Writer(db, fake, partitions=4)
+    await writer.handle([send(cid, "t1", "one"), send(cid, "t2", "two"),
+                         ReadMessages(user_id="bob", conversation_id=cid, origin=ORIGIN)])
+    events = fake.events()
+    assert [(type(e).__name__, getattr(e, "seq", None)) for e in events] == [
+        ("MessageStored", 1), ("MessageStored", 2), ("ReadUpdated", None)]
+    assert events[2].last_read_seq == 2
+    assert fake.published[0][1] == str(topology.partition(cid, 4))
+    # redelivery is harmless: the same commands again store nothing and re-announce the originals
+    await writer.handle([send(cid, "t1", "one")])
+    assert fake.events()[-1].message_id == events[0].message_id
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_writer_says_retryable_when_the_broker_cannot_take_its_events(writer_db):
+    db, _, cid = writer_db
+    with pytest.raises(Retryable):
+        await Writer(db, FakePublisher(fail=True), partitions=4).handle([send(cid, "t1")])
+
+
+async def test_a_command_postgres_refuses_fails_alone_and_its_sender_is_told(writer_db):
+    db, conn, cid = writer_db
+    fake = FakePublisher()
+    writer = Writer(db, fake, partitions=4)
+    batch = [send(cid, f"g{i}", f"good {i}") for i in range(5)]
+    batch.insert(2, send(cid, "nul", "bad \u0000 value"))
+    batch.insert(4, send(cid, "surrogate", "bad \ud800 value"))
+    dead: list[tuple[envelope.Command, str]] = []
+
+    async def poisoned(item: envelope.Command, reason: str) -> None:
+        dead.append((item, reason))
+        await writer.rejected(item, reason)
+
+    assert await isolate(batch, writer.handle, poisoned, Backoff(0.001, 0.001))
+    assert [item.temp_message_id for item, _ in dead] == ["nul", "surrogate"]
+    assert "CharacterNotInRepertoire" in dead[0][1]
+    rows = await conn.fetch("SELECT temp_message_id, seq FROM messages ORDER BY seq")
+    assert [(r["temp_message_id"], r["seq"]) for r in rows] == [(f"g{i}", i + 1) for i in range(5)]
+    rejected = [e for e in fake.events() if isinstance(e, envelope.CommandRejected)]
+    assert [(e.temp_message_id, e.code, e.origin) for e in rejected] == [
+        ("nul", "invalid_frame", ORIGIN), ("surrogate", "invalid_frame", ORIGIN)]
+
+
+async def test_notifier_routes_to_the_gateways_holding_the_recipients(stack):
+    client = aioredis.Redis.from_url(stack.redis.url(14))
+    await client.flushdb()
+    try:
+        registry = Registry(client)
+        await registry.register("gw-a", [("alice", "c1")])
+        await registry.register("gw-b", [("bob", "c2"), ("alice", "c3")])
+        await client.set("chat:registry:since", 0)  # an old registry: lookups are trusted
+        fake = FakePublisher()
+        cid = uuid.uuid4()
+        stored = envelope.MessageStored(message_id=uuid.uuid4(), conversation_id=cid, seq=1, sender_id="alice",
+                                        temp_message_id="t", content="hi", sent_at=datetime.now(timezone.utc),
+                                        participants=["alice", "bob"])
+        await Notifier(registry, fake).handle([stored])
+        by_gateway = {key: envelope.decode(envelope.Deliveries, body).items for _, key, body in fake.published}
+        assert set(by_gateway) == {"gw-a", "gw-b"}
+        assert by_gateway["gw-a"][0].users == ["alice"]
+        assert sorted(by_gateway["gw-b"][0].users) == ["alice", "bob"]
+    finally:
+        await client.flushdb()
+        await client.aclose()
