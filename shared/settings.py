@@ -23,7 +23,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_HOST": "address to listen on (default 0.0.0.0)",
     "CHAT_PORT": "port to listen on (defaults: gateway 8080, query 8081, writer 8082, notifier 8083)",
     "CHAT_INSTANCE_ID": "this instance's identity, [A-Za-z0-9._-]{1,64} (default: hostname + random suffix)",
-    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 4; same on every service)",
+    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 32; the same on every service; the most writers or notifiers that can be busy at once)",
     "CHAT_JWT_SECRET": "HS256 secret, at least 32 characters (development and self-hosting)",
     "CHAT_JWT_JWKS_URL": "JWKS document URL for RS256/ES256 keys (e.g. Cognito's <issuer>/.well-known/jwks.json)",
     "CHAT_JWT_ISSUER": "expected iss claim (checked when set)",
@@ -35,6 +35,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
+DEFAULT_PARTITIONS = 32
 DEFAULT_PORTS = {"gateway": 8080, "query": 8081, "writer": 8082, "notifier": 8083}
 SYMMETRIC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
@@ -187,7 +188,7 @@ def load(
         host=_get(env, "CHAT_HOST") or "0.0.0.0",
         port=_int(env, "CHAT_PORT", DEFAULT_PORTS.get(service, 8080), 1, 65535),
         instance_id=instance_id,
-        partitions=_int(env, "CHAT_PARTITIONS", 4, 1, 256),
+        partitions=_int(env, "CHAT_PARTITIONS", DEFAULT_PARTITIONS, 1, 256),
         log_level=level,
         allowed_origins=_origins(env),
         database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database) if database else None,

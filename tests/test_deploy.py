@@ -115,7 +115,7 @@ def variables_in_compose() -> set[str]:
 def variables_in_manifests() -> set[str]:
     names: set[str] = set()
     for obj in build("deploy/k8s/overlays/dev"):
-        if obj["kind"] in ("ConfigMap", "Secret"):
+        if obj["kind"] in ("ConfigMap", "Secret") and obj["metadata"]["name"].startswith(("chat-config", "chat-secrets")):
             names |= set(obj.get("data", {}))
         if obj["kind"] in ("Deployment", "Job"):
             for container in obj["spec"]["template"]["spec"]["containers"]:
@@ -128,3 +128,17 @@ def test_one_list_of_settings_everywhere():
     assert variables_in_readme() == code
     assert variables_in_compose() == code
     assert variables_in_manifests() == code
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_autoscaler_maxima_never_exceed_the_partitions(overlay):
+    """Replicas past CHAT_PARTITIONS would stand idle: no autoscaler of a consumer may ask for them."""
+    objects = build(f"deploy/k8s/overlays/{overlay}")
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chat-config"))
+    partitions = int(config["data"]["CHAT_PARTITIONS"])
+    scaled = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["maxReplicaCount"] for o in objects
+              if o["kind"] == "ScaledObject"}
+    assert set(scaled) == {"chat-writer", "chat-notifier"}
+    assert all(1 <= maximum <= partitions for maximum in scaled.values()), (scaled, partitions)
+    deployments = {o["metadata"]["name"]: o["spec"].get("replicas", 1) for o in objects if o["kind"] == "Deployment"}
+    assert deployments["chat-writer"] <= partitions and deployments["chat-notifier"] <= partitions

@@ -98,7 +98,7 @@ GOOD = {
 }
 NEEDS = {
     "chat-gateway": ["CHAT_AMQP_URL", "CHAT_REDIS_URL", "CHAT_JWT_SECRET"],
-    "chat-writer": ["CHAT_DATABASE_URL", "CHAT_AMQP_URL"],
+    "chat-writer": ["CHAT_DATABASE_URL", "CHAT_AMQP_URL", "CHAT_REDIS_URL"],
     "chat-notifier": ["CHAT_AMQP_URL", "CHAT_REDIS_URL"],
     "chat-query": ["CHAT_DATABASE_URL", "CHAT_AMQP_URL", "CHAT_JWT_SECRET"],
     "chat-migrate": ["CHAT_DATABASE_URL"],
@@ -168,13 +168,17 @@ async def test_readyz_is_not_ready_while_a_dependency_is_down(stack, name, down)
     proc = subprocess.Popen([str(BIN / f"chat-{name}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await wait_ready(f"http://127.0.0.1:{port}", path="/healthz", proc=proc)
-        await asyncio.sleep(1.0)
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                body = await resp.json()
-                assert resp.status == 503
-                assert body["ready"] is False and body["checks"][down] is False
-                assert all(ok for check, ok in body["checks"].items() if check != down)
+            deadline = asyncio.get_running_loop().time() + 30  # the others come up (declaring queues takes a while)
+            while True:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    body = await resp.json()
+                    assert resp.status == 503
+                    assert body["ready"] is False and body["checks"][down] is False
+                if all(ok for check, ok in body["checks"].items() if check != down):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, body
+                await asyncio.sleep(0.5)
             async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 assert resp.status == 200 and "text/plain" in resp.headers["Content-Type"]
                 assert "chat_" in await resp.text()
