@@ -72,6 +72,7 @@ class WsClient:
         self.session = session
         self.user = user
         self.frames: list[dict[str, Any]] = []
+        self.arrived: list[float] = []  # loop time each frame arrived, parallel to frames
         self.changed = asyncio.Condition()
         self.closed_code: int | None = None
         self._task = asyncio.create_task(self._read())
@@ -81,6 +82,7 @@ class WsClient:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 async with self.changed:
                     self.frames.append(json.loads(msg.data))
+                    self.arrived.append(asyncio.get_running_loop().time())
                     self.changed.notify_all()
         async with self.changed:
             self.closed_code = self.ws.close_code
@@ -200,6 +202,24 @@ class System:
         client = WsClient(ws, session, user)
         self.clients.append(client)
         return client
+
+    def active_consumers(self, queue_prefix: str) -> dict[str, str]:
+        """The broker's view: queue -> instance id of its active consumer (tags are ``<kind>:<instance>:<p>``)."""
+        out = self.stack.rabbitmq.ctl("list_consumers", "-p", self.vhost, "queue_name", "consumer_tag", "active",
+                                      "--quiet", "--no-table-headers").stdout
+        active: dict[str, str] = {}
+        for line in out.strip().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0].startswith(queue_prefix) and parts[2] == "true":
+                active[parts[0]] = parts[1].split(":")[1]
+        return active
+
+    async def metric(self, service: Service, name: str) -> float:
+        """The sum of every sample of ``name`` on ``service``'s /metrics."""
+        async with aiohttp.ClientSession() as session, session.get(f"{service.url}/metrics") as response:
+            text = await response.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and line[len(name)] in " {")
 
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.stack.postgres.dsn(self.database))
