@@ -111,11 +111,13 @@ def create_app(settings: Settings) -> web.Application:
         broker.start()
         beat = asyncio.create_task(membership.run(), name="membership")
         yield
+        log.info("shutdown_started")
         await cancel_and_wait(beat)
         await membership.leave()
         await broker.stop_consuming()
         await broker.close()
         await redis.aclose()
+        log.info("shutdown_finished")
 
     readiness.checks.update(broker=broker.check, redis=notifier.registry.check)
     app.cleanup_ctx.append(resources)

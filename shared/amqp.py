@@ -21,8 +21,8 @@ wrapper (:class:`Consumer`) turns it into ack, retry or dead-letter:
 
 A body that cannot be decoded is dead-lettered the same way, with its reason.
 
-Each consumer has its own channel, so one queue's trouble never holds another's messages, and
-releasing a queue is closing its channel: the broker returns the unacked messages to the head
+Each queue has its own channel, and a failed batch is retried or isolated queue by queue, so
+one queue's trouble never holds another's messages; releasing a queue is closing its channel: the broker returns the unacked messages to the head
 of the queue, in order, and activates the next single-active consumer in the same step
 (``../shared/notes/partition-assignment.md``, section 2). ``basic.cancel`` is never used: it
 would let the successor start past our prefetched messages, out of order.
@@ -35,6 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import aio_pika
@@ -105,11 +106,11 @@ class Handler(Protocol[T]):
 class Backoff:
     """Sleeps between retries, doubling from ``first`` to ``cap``; ``stop()`` ends the wait early."""
 
-    def __init__(self, first: float = 0.2, cap: float = 5.0) -> None:
+    def __init__(self, first: float = 0.2, cap: float = 5.0, stopping: asyncio.Event | None = None) -> None:
         self.first = first
         self.cap = cap
         self.delay = first
-        self.stopping = asyncio.Event()
+        self.stopping = stopping if stopping is not None else asyncio.Event()
 
     def reset(self) -> None:
         self.delay = self.first
@@ -175,128 +176,242 @@ async def isolate(items: list[T], handle: Callable[[list[T]], Awaitable[None]],
 DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
 
 
-class Consumer(Generic[T]):
-    """Consumes one queue on its own channel, in batches: whatever has arrived is handled together.
+STALL_AFTER = 0.1  # a batch running this long lets another batch start for the other queues
+RELEASE_TIMEOUT = 15.0  # the longest a release waits for the batch holding its queue
 
-    One AMQP message already carries a batch; under load several are waiting, and handling
-    them in one go (one transaction, one Redis round trip, one publish per destination) is
-    what keeps the per-message cost low. Messages are taken in delivery order, so the queue's
-    order is kept, and the batch is settled with a single ``ack(multiple=True)``.
+
+@dataclass(eq=False)
+class Source:
+    """One queue, consumed on its own channel: its waiting messages and whether a batch holds it."""
+
+    key: int | str
+    channel: AbstractChannel
+    queue: AbstractQueue
+    inbox: deque[AbstractIncomingMessage] = field(default_factory=deque)
+    busy: bool = False
+    closing: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Consumer(Generic[T]):
+    """Consumes any number of queues, each on its own channel, in batches that combine them.
+
+    A batch takes every message waiting in every queue no other batch holds (one transaction,
+    one Redis round trip, one publish per destination for all of them: that is what keeps the
+    cost per message low). Normally one batch runs at a time. When it has run for
+    ``STALL_AFTER`` (a lock, a slow dependency), another may start for the queues it does not
+    hold, up to ``max_concurrent``: a stalled queue does not stall the others. A batch that
+    fails is handled again queue by queue, each with :func:`isolate`, so a retry or a culprit in
+    one queue never holds back the others' messages. Each queue's messages are settled on its
+    own channel with one ``ack(multiple=True)``.
     """
 
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler[T], dead_letter: DeadLetter,
-                 *, consumer_tag: str | None = None, max_batch: int = PREFETCH) -> None:
-        self.channel = channel
-        self.queue = queue
+    def __init__(self, handler: Handler[T], dead_letter: DeadLetter, *, name: str, max_batch: int = PREFETCH,
+                 max_concurrent: int = 4) -> None:
         self.handler = handler
         self.dead_letter = dead_letter
-        self.consumer_tag = consumer_tag
+        self.name = name
         self.max_batch = max_batch
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.max_concurrent = max_concurrent
+        self.sources: dict[int | str, Source] = {}
+        self._wake = asyncio.Event()
+        self._running: dict[asyncio.Task[None], float] = {}
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._current: asyncio.Future[None] | None = None
-        self._backoff = Backoff()
+        self._next = 0  # round-robin start, so no queue is always last to be taken
 
-    @property
-    def name(self) -> str:
-        return self.queue.name
-
-    async def start(self) -> None:
+    def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.name}")
-        await self.queue.consume(self._receive, no_ack=False, consumer_tag=self.consumer_tag)
 
-    async def _receive(self, message: AbstractIncomingMessage) -> None:
-        self._inbox.put_nowait(message)
+    async def add(self, key: int | str, channel: AbstractChannel, queue: AbstractQueue,
+                  consumer_tag: str | None = None) -> None:
+        """Subscribe to ``queue`` on ``channel`` (this consumer's to close)."""
+        source = Source(key, channel, queue)
+        source.idle.set()
+        self.sources[key] = source
+
+        async def receive(message: AbstractIncomingMessage) -> None:
+            source.inbox.append(message)
+            self._wake.set()
+
+        await queue.consume(receive, no_ack=False, consumer_tag=consumer_tag)
+
+    async def remove(self, key: int | str) -> None:
+        """Release a queue: no new batch takes it, the batch holding it finishes, its channel closes
+        (the broker returns the rest to the queue's head and activates the next consumer)."""
+        source = self.sources.get(key)
+        if source is None:
+            return
+        source.closing = True
+        try:
+            await asyncio.wait_for(source.idle.wait(), RELEASE_TIMEOUT)
+        except asyncio.TimeoutError:  # closing anyway is safe: the broker redelivers what is unacked
+            log.warning("release_timeout", queue=source.queue.name, seconds=RELEASE_TIMEOUT)
+        self.sources.pop(key, None)
+        await _close(source.channel)
+
+    async def stop(self) -> None:
+        """Take nothing more, end retries, finish the batches in hand, release every queue."""
+        self._stopping.set()
+        await cancel_and_wait(self._task)
+        self._task = None
+        for source in self.sources.values():
+            source.closing = True
+        log.info("consumer_stopping", consumer=self.name, batches=len(self._running), queues=len(self.sources))
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=RELEASE_TIMEOUT)
+        await asyncio.gather(*(self.remove(key) for key in list(self.sources)), return_exceptions=True)
+        log.info("consumer_stopped", consumer=self.name)
+
+    def _startable(self, now: float) -> float | None:
+        """0 if a batch may start now, else how long until one may (None: only when one ends)."""
+        if len(self._running) >= self.max_concurrent:
+            return None
+        if not self._running:
+            return 0.0
+        wait = max(self._running.values()) + STALL_AFTER - now
+        return max(wait, 0.0)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._inbox.get()]  # cancelling here is safe: nothing in hand
-            while len(batch) < self.max_batch and not self._inbox.empty():
-                batch.append(self._inbox.get_nowait())
-            self._current = asyncio.ensure_future(self._process(batch))
+            wait = self._startable(loop.time())
+            if wait == 0.0:
+                batch = self._take()
+                if batch:
+                    task = asyncio.create_task(self._process(batch))
+                    self._running[task] = loop.time()
+                    task.add_done_callback(self._finished)
+                    continue
+                wait = None
+            self._wake.clear()
             try:
-                await asyncio.shield(self._current)
-            finally:
-                if self._current.done():
-                    self._current = None
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
 
-    async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batch_crashed", consumer=self.name, error=reason_of(task.exception()))  # type: ignore[arg-type]
+        self._wake.set()
+
+    def _take(self) -> list[tuple[Source, list[AbstractIncomingMessage]]]:
+        sources = list(self.sources.values())
+        if not sources:
+            return []
+        self._next = (self._next + 1) % len(sources)
+        batch: list[tuple[Source, list[AbstractIncomingMessage]]] = []
+        room = self.max_batch
+        for source in sources[self._next:] + sources[: self._next]:
+            if source.busy or source.closing or not source.inbox or room <= 0:
+                continue
+            taken = [source.inbox.popleft() for _ in range(min(room, len(source.inbox)))]
+            room -= len(taken)
+            source.busy = True
+            source.idle.clear()
+            batch.append((source, taken))
+        return batch
+
+    def _release(self, source: Source) -> None:
+        source.busy = False
+        source.idle.set()
+        self._wake.set()
+
+    async def _process(self, batch: list[tuple[Source, list[AbstractIncomingMessage]]]) -> None:
         started = time.perf_counter()
-        kind = self.handler.kind
+        parts = [(source, messages, await self._decode(source, messages)) for source, messages in batch]
+        items = [item for _, _, part in parts for item in part]
+        try:
+            if items:
+                await self.handler.handle(items)
+        except Exception as exc:  # retry or isolate queue by queue, each on its own
+            if len(parts) > 1 or not isinstance(exc, Retryable):
+                log.warning("batch_split", consumer=self.name, queues=len(parts), error=reason_of(exc)[:300])
+            await asyncio.gather(*(self._one(source, messages, part, exc) for source, messages, part in parts))
+            return
+        for source, messages, _ in parts:
+            await _settle(messages[-1].ack(multiple=True))
+            self._release(source)
+        log.debug("batch_processed", consumer=self.name, queues=len(parts), items=len(items),
+                  ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def _decode(self, source: Source, messages: list[AbstractIncomingMessage]) -> list[T]:
         items: list[T] = []
         for message in messages:
             try:
                 items.extend(self.handler.decode(message.body))
             except Exception as exc:  # undecodable (Poison, ValueError or worse): no retry can help
-                DEAD_LETTERED.labels(kind).inc()
-                log.error("message_dead_lettered", queue=self.name, reason=reason_of(exc))
-                if not await self._until_done(lambda m=message, e=exc: self.dead_letter(m.body, reason_of(e),
-                                                                                       self.name)):
-                    return
+                DEAD_LETTERED.labels(self.handler.kind).inc()
+                log.error("message_dead_lettered", queue=source.queue.name, reason=reason_of(exc))
+                await self._dead_letter_retrying(message.body, reason_of(exc), source.queue.name)
+        return items
+
+    async def _one(self, source: Source, messages: list[AbstractIncomingMessage], items: list[T],
+                   first: BaseException) -> None:
+        """One queue's share of a failed batch: retried or isolated alone, then settled."""
+        kind, queue = self.handler.kind, source.queue.name
+        backoff = Backoff(stopping=self._stopping)
 
         def retried(exc: BaseException) -> None:
             RETRIES.labels(kind).inc()
-            RETRYING.labels(self.name).set(1)
-            log.warning("batch_retry", queue=self.name, error=reason_of(exc)[:300], retry_in=self._backoff.delay)
+            RETRYING.labels(queue).set(1)
+            log.warning("batch_retry", queue=queue, error=reason_of(exc)[:300], retry_in=backoff.delay)
 
         def split(n: int) -> None:
             ISOLATIONS.labels(kind).inc()
-            log.warning("batch_isolating", queue=self.name, items=n)
+            log.warning("batch_isolating", queue=queue, items=n)
 
-        done = await isolate(items, self.handler.handle, self._poisoned, self._backoff, retried, split)
-        RETRYING.labels(self.name).set(0)
-        if not done:
-            return  # stopping: the channel's close hands the unsettled messages back, in order
-        await _settle(messages[-1].ack(multiple=True))
-        log.debug("batch_processed", queue=self.name, messages=len(messages), items=len(items),
-                  ms=round((time.perf_counter() - started) * 1000, 2))
+        async def poisoned(item: T, reason: str) -> None:
+            DEAD_LETTERED.labels(kind).inc()
+            log.error("item_dead_lettered", queue=queue, reason=reason)
+            await _retryable(self.dead_letter(self.handler.encode([item]), reason, queue))
+            await self.handler.rejected(item, reason)
 
-    async def _poisoned(self, item: T, reason: str) -> None:
-        DEAD_LETTERED.labels(self.handler.kind).inc()
-        log.error("item_dead_lettered", queue=self.name, reason=reason)
-        await self._unavailable_is_retryable(self.dead_letter(self.handler.encode([item]), reason, self.name))
-        await self.handler.rejected(item, reason)
+        try:
+            if isinstance(first, Retryable):
+                retried(first)
+                if not await backoff.wait():
+                    return
+            done = await isolate(items, self.handler.handle, poisoned, backoff, retried, split)
+            RETRYING.labels(queue).set(0)
+            if done:
+                await _settle(messages[-1].ack(multiple=True))
+        finally:
+            self._release(source)  # when not done, closing the channel hands the messages back
 
-    async def _until_done(self, action: Callable[[], Awaitable[None]]) -> bool:
+    async def _dead_letter_retrying(self, body: bytes, reason: str, queue: str) -> None:
+        backoff = Backoff(stopping=self._stopping)
         while True:
             try:
-                await self._unavailable_is_retryable(action())
-                return True
+                await _retryable(self.dead_letter(body, reason, queue))
+                return
             except Retryable as exc:
-                log.warning("dead_letter_retry", queue=self.name, error=reason_of(exc))
-                if not await self._backoff.wait():
-                    return False
+                log.warning("dead_letter_retry", queue=queue, error=reason_of(exc))
+                if not await backoff.wait():
+                    return
 
-    @staticmethod
-    async def _unavailable_is_retryable(action: Awaitable[None]) -> None:
+
+async def _retryable(action: Awaitable[None]) -> None:
+    try:
+        await action
+    except Unavailable as exc:
+        raise Retryable(f"broker: {exc}") from None
+
+
+async def _close(channel: AbstractChannel) -> None:
+    if not channel.is_closed:
         try:
-            await action
-        except Unavailable as exc:
-            raise Retryable(f"broker: {exc}") from None
-
-    async def stop(self) -> None:
-        """Take no more messages from the inbox and finish (and ack) the batch in hand."""
-        self._backoff.stopping.set()
-        await cancel_and_wait(self._task)
-        if self._current is not None:
-            await self._current
-
-    async def close(self) -> None:
-        """Release the queue: finish the batch in hand, then close the channel (the broker
-        returns what is left to the queue's head and activates the next consumer)."""
-        await self.stop()
-        if not self.channel.is_closed:
-            try:
-                await asyncio.wait_for(self.channel.close(), 5)
-            except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
-                pass
+            await asyncio.wait_for(channel.close(), 5)
+        except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
+            pass
 
 
 async def _settle(action: Awaitable[None]) -> None:
     """Ack/nack/reject on the message's own channel; if that channel died the broker redelivers."""
     try:
         await action
-    except CONNECTION_EXCEPTIONS as exc:
+    except Exception as exc:  # closed channel, stale tag: the broker redelivers, never our problem to raise
         log.warning("settle_failed", error=exc.__class__.__name__)
 
 
@@ -305,7 +420,7 @@ class Worker(Protocol):
 
 
 class PartitionGroup(Generic[T]):
-    """The partition queues this replica is assigned (``want``), one channel and Consumer each.
+    """The partition queues this replica is assigned (``want``), one channel each, one Consumer.
 
     ``want`` only records the wish; a reconcile task owned by the group releases the queues no
     longer wanted (first, so their successors can start) and subscribes to the new ones. It
@@ -313,13 +428,14 @@ class PartitionGroup(Generic[T]):
     """
 
     def __init__(self, broker: Broker, queue_name: Callable[[int], str], handler: Handler[T], *,
-                 prefetch: int = PREFETCH) -> None:
+                 prefetch: int = PREFETCH, max_concurrent: int = 4) -> None:
         self.broker = broker
         self.queue_name = queue_name
         self.handler = handler
         self.prefetch = prefetch
+        self.max_concurrent = max_concurrent
         self.wanted: frozenset[int] = frozenset()
-        self.consumers: dict[int, Consumer[T]] = {}
+        self.consumer: Consumer[T] | None = None
         self._connection: AbstractConnection | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -330,10 +446,13 @@ class PartitionGroup(Generic[T]):
 
     @property
     def active(self) -> frozenset[int]:
-        return frozenset(self.consumers)
+        return frozenset(int(k) for k in self.consumer.sources) if self.consumer is not None else frozenset()
 
     async def attach(self, connection: AbstractConnection) -> None:
         self._connection = connection
+        self.consumer = Consumer(self.handler, self.broker.dead_letter, name=self.handler.kind,
+                                 max_batch=self.prefetch, max_concurrent=self.max_concurrent)
+        self.consumer.start()
         await self._sync()
         self._task = asyncio.create_task(self._reconcile(), name=f"partitions:{self.handler.kind}")
 
@@ -345,37 +464,34 @@ class PartitionGroup(Generic[T]):
 
     async def _sync(self) -> None:
         self._changed.clear()
-        wanted = self.wanted
-        gone = [self.consumers.pop(p) for p in sorted(set(self.consumers) - wanted)]
-        await asyncio.gather(*(c.close() for c in gone), return_exceptions=True)
-        for p in sorted(wanted - set(self.consumers)):
+        consumer, wanted = self.consumer, self.wanted
+        if consumer is None:
+            return
+        held = {int(k) for k in consumer.sources}
+        gone = sorted(held - wanted)
+        await asyncio.gather(*(consumer.remove(p) for p in gone), return_exceptions=True)
+        for p in sorted(wanted - held):
             if self._connection is None or self._connection.is_closed:
                 return
             try:
-                self.consumers[p] = await self._open(p)
+                channel = await asyncio.wait_for(self._connection.channel(), 10)
+                await channel.set_qos(prefetch_count=self.prefetch)
+                queue = await channel.get_queue(self.queue_name(p), ensure=False)
+                await consumer.add(p, channel, queue, consumer_tag=f"{self.broker.name}:{p}")
             except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                 log.warning("partition_subscribe_failed", partition=p, error=reason_of(exc))
                 self.broker.lost()  # rebuild the connection rather than run with a hole
                 return
-        if gone or wanted:
-            log.info("partitions_consuming", kind=self.handler.kind, partitions=sorted(self.consumers))
-
-    async def _open(self, p: int) -> Consumer[T]:
-        assert self._connection is not None
-        channel = await asyncio.wait_for(self._connection.channel(), 10)
-        await channel.set_qos(prefetch_count=self.prefetch)
-        queue = await channel.get_queue(self.queue_name(p), ensure=False)
-        consumer = Consumer(channel, queue, self.handler, self.broker.dead_letter, max_batch=self.prefetch,
-                            consumer_tag=f"{self.broker.name}:{p}")
-        await consumer.start()
-        return consumer
+        if gone or wanted - held:
+            log.info("partitions_consuming", kind=self.handler.kind, partitions=sorted(consumer.sources))
 
     async def stop(self) -> None:
         """Release every queue (the connection is going away, or the service is shutting down)."""
         await cancel_and_wait(self._task)
         self._task = None
-        consumers, self.consumers = list(self.consumers.values()), {}
-        await asyncio.gather(*(c.close() for c in consumers), return_exceptions=True)
+        if self.consumer is not None:
+            await self.consumer.stop()
+        self.consumer = None
         self._connection = None
 
 
@@ -413,9 +529,10 @@ class Broker:
 
     async def consume(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler[T]) -> Consumer[T]:
         """Called from ``setup``: consume ``queue`` on ``channel`` (the consumer's own); dropped with the connection."""
-        consumer = Consumer(channel, queue, handler, self.dead_letter, consumer_tag=f"{self.name}:{queue.name}")
+        consumer = Consumer(handler, self.dead_letter, name=queue.name, max_concurrent=1)
         self._workers.append(consumer)
-        await consumer.start()
+        consumer.start()
+        await consumer.add(queue.name, channel, queue, consumer_tag=f"{self.name}:{queue.name}")
         return consumer
 
     async def consume_partitions(self, connection: AbstractConnection, group: PartitionGroup[T]) -> None:

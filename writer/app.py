@@ -125,12 +125,14 @@ def create_app(settings: Settings) -> web.Application:
         broker.start()
         beat = asyncio.create_task(membership.run(), name="membership")
         yield
+        log.info("shutdown_started")
         await cancel_and_wait(beat)
         await membership.leave()  # the others take our partitions at their next beat...
         await broker.stop_consuming()  # ...and get each one as we finish its batch and close its channel
         await broker.close()
         await db.close()
         await redis.aclose()
+        log.info("shutdown_finished")
 
     readiness.checks.update(database=db.ping, broker=broker.check)
     app.cleanup_ctx.append(resources)
