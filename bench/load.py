@@ -126,6 +126,28 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
     }
 
 
+WORK_METRIC = {"writer": "chat_messages_stored_total", "notifier": "chat_frames_routed_total"}
+
+
+async def work_done(session: aiohttp.ClientSession, ports: dict[str, list[int]]) -> dict[str, list[float]]:
+    """Each writer's stored messages and each notifier's routed frames so far, from /metrics."""
+    out: dict[str, list[float]] = {}
+    for name, plist in ports.items():
+        out[name] = []
+        for port in plist:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            out[name].append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                 if line.startswith(WORK_METRIC[name] + " ")))
+    return out
+
+
+def shares(before: list[float], after: list[float]) -> list[float]:
+    done = [a - b for a, b in zip(after, before)]
+    total = sum(done) or 1.0
+    return [d / total for d in done]
+
+
 async def main_async(args: argparse.Namespace) -> None:
     state = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     stack = Stack.at(state, 26430, fsync=True)
@@ -138,6 +160,7 @@ async def main_async(args: argparse.Namespace) -> None:
                "CHAT_REDIS_URL": stack.redis.url(), "CHAT_JWT_SECRET": SECRET, "CHAT_HOST": "127.0.0.1",
                "CHAT_LOG_LEVEL": "warning", "CHAT_PARTITIONS": str(args.partitions)}
         gateway_ports = []
+        ports: dict[str, list[int]] = {"writer": [], "notifier": []}
         port = 26500
         for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
             for _ in range(count):
@@ -146,6 +169,8 @@ async def main_async(args: argparse.Namespace) -> None:
                                               stdout=open(state / f"{name}-{port}.log", "ab"), stderr=subprocess.STDOUT))
                 if name == "gateway":
                     gateway_ports.append(port)
+                else:
+                    ports[name].append(port)
         for p, proc in zip(range(26501, port + 1), procs):
             await wait_ready(f"http://127.0.0.1:{p}", proc=proc)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -179,12 +204,18 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"{args.writers} writer(s), {args.notifiers} notifier(s), {args.seconds}s per step; "
                   f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
             print("rate  sent/s  delivered/s  p50_ms  p99_ms  lost  errors", flush=True)
+            work = await work_done(session, ports)
             for rate in rates:
                 stats.errors.clear()
                 result = await run_step(conns, conversations, args.size, rate, args.seconds, stats)
                 print(f"{result['rate']:>5.0f} {result['send_rate']:>7} {result['delivered_per_s']:>12} "
                       f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['lost']:>5}  {result['errors'] or ''}",
                       flush=True)
+                now = await work_done(session, ports)
+                print("      work split: " + "; ".join(
+                    f"{name}s " + " / ".join(f"{share:.0%}" for share in shares(work[name], now[name]))
+                    for name in ports), flush=True)
+                work = now
                 ok = result["p99_ms"] <= 200 and result["lost"] == 0 and not result["errors"]
                 if ok:
                     best = result
@@ -219,7 +250,7 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=1)
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=32)
     args = parser.parse_args()
     install_uvloop()
     asyncio.run(main_async(args))
