@@ -115,9 +115,7 @@ class Query:
     async def find_direct(self, request: web.Request) -> web.Response:
         """``GET /conversation/direct/{userId}`` -> ``{"conversationId": "..."}`` or ``null`` (never 404)."""
         user = await self.caller(request)
-        other = request.match_info["user_id"]
-        if not 1 <= len(other) <= paging.MAX_USER_ID:
-            raise ParamError(f"userId must be 1 to {paging.MAX_USER_ID} characters")
+        other = paging.user_id(request.match_info["user_id"], "userId")
         async with self.db.acquire() as conn:
             cid = await store.direct(conn, user, other)
         return json_response({"conversationId": str(cid)} if cid else None)
@@ -187,6 +185,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
             return error_response(exc.status, code, exc.reason)
         raise
+    except Exception:  # a bug: still JSON, and logged with its traceback
+        log.exception("request_failed", route=request.match_info.route.resource.canonical
+                      if request.match_info.route.resource else "unmatched")
+        return error_response(500, "internal", "the server failed to answer this request")
 
 
 def cors(allowed: frozenset[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -236,7 +238,7 @@ def openapi_document() -> bytes:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[access_log, cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
-    readiness = add_routes(app, "query")
+    readiness = add_routes(app, "query", ops_port=settings.ops_port, host=settings.host)
     db = Database(settings.database_url or "")
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -257,7 +259,9 @@ def create_app(settings: Settings) -> web.Application:
         await db.close()
         await verifier.close()
 
-    readiness.checks.update(database=db.ping, broker=broker.check)
+    # not the broker: REST must stay up while it is down (clients catch up here), and
+    # conversation-created notices are best effort
+    readiness.checks.update(database=db.ping)
     app.cleanup_ctx.append(resources_ctx)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/conversations", api.list_conversations)

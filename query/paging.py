@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared import untrusted
+
 MAX_LIMIT = 100
 MAX_USER_ID = 50
 
@@ -33,15 +35,22 @@ def parse_uuid(value: str, name: str) -> uuid.UUID:
         raise ParamError(f"{name} must be a UUID") from None
 
 
-def _int(params: Mapping[str, str], name: str, lo: int, hi: int | None = None) -> int | None:
+def _int(params: Mapping[str, str], name: str, lo: int, hi: int = untrusted.INT64_MAX) -> int | None:
     raw = params.get(name)
     if raw is None:
         return None
-    if not raw.strip().lstrip("-").isdigit():
-        raise ParamError(f"{name} must be a whole number")
-    value = int(raw)
-    if value < lo or (hi is not None and value > hi):
-        raise ParamError(f"{name} must be between {lo} and {hi}" if hi is not None else f"{name} must be >= {lo}")
+    try:
+        return untrusted.whole_number(raw, name, lo, hi)
+    except untrusted.Refused as exc:
+        raise ParamError(str(exc)) from None
+
+
+def user_id(value: object, name: str) -> str:
+    """A user id from a client: 1 to 50 characters that can be stored."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID:
+        raise ParamError(f"{name} must be a user id of 1 to {MAX_USER_ID} characters")
+    if not untrusted.storable(value):
+        raise ParamError(f"{name} contains U+0000 or an unpaired surrogate")
     return value
 
 
@@ -126,9 +135,10 @@ def new_conversation(body: object, caller: str) -> NewConversation:
     recipients = body.get("recipientIdArr")
     if not isinstance(recipients, list) or not recipients:
         raise ParamError("recipientIdArr must be a non-empty array of user ids")
-    if not all(isinstance(r, str) and 1 <= len(r) <= MAX_USER_ID for r in recipients):
-        raise ParamError(f"each recipient must be a user id of 1 to {MAX_USER_ID} characters")
-    others = list(dict.fromkeys(r for r in recipients if r != caller))
+    if len(recipients) > MAX_LIMIT * 2:
+        raise ParamError(f"at most {MAX_LIMIT} recipients")
+    checked = [user_id(r, "recipientIdArr[]") for r in recipients]
+    others = list(dict.fromkeys(r for r in checked if r != caller))
     if len(others) > MAX_LIMIT:
         raise ParamError(f"at most {MAX_LIMIT} recipients")
     is_group = body.get("isGroup", False)
@@ -137,6 +147,8 @@ def new_conversation(body: object, caller: str) -> NewConversation:
     title = body.get("title")
     if title is not None and not isinstance(title, str):
         raise ParamError("title must be a string")
+    if isinstance(title, str) and not untrusted.storable(title):
+        raise ParamError("title contains U+0000 or an unpaired surrogate")
     title = title.strip() if isinstance(title, str) else None
     if title is not None and len(title) > 100:
         raise ParamError("title is longer than 100 characters")
@@ -151,4 +163,10 @@ def new_conversation(body: object, caller: str) -> NewConversation:
 
 
 def direct_key(a: str, b: str) -> str:
-    return "\x1f".join(sorted((a, b)))
+    """The unique key of the direct conversation between two users: unambiguous for any ids.
+
+    The first id's length says where it ends, so no two pairs share a key (a separator would:
+    ids may contain it). Ids are ordered by code point, as ``COLLATE "C"`` in migration 0003.
+    """
+    first, second = sorted((a, b))
+    return f"{len(first)}:{first}{second}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from shared import untrusted
 
 from .paging import ParamError
 
@@ -32,8 +33,8 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON (null when empty), or ParamError (400)."""
+    """The request body as JSON (null when empty), or ParamError (400) naming what is refused."""
     try:
-        return json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise ParamError("body is not valid JSON") from None
+        return untrusted.load(await request.read() or b"null")
+    except untrusted.Refused as exc:
+        raise ParamError(f"body refused: {exc}") from None

@@ -13,9 +13,12 @@ from typing import Any
 
 import msgspec
 
+from . import untrusted
+
 MAX_CONTENT = 1000
 MAX_TEMP_ID = 128
-ACTIONS = ("send-message", "read-messages", "heartbeat", "typing")
+MAX_TOKEN = 8192
+ACTIONS = ("send-message", "read-messages", "heartbeat", "typing", "authenticate")
 
 
 @dataclass(frozen=True)
@@ -48,31 +51,51 @@ class HeartbeatFrame:
     pass
 
 
-ClientFrame = SendFrame | ReadFrame | TypingFrame | HeartbeatFrame
-_json_decoder = msgspec.json.Decoder()
+@dataclass(frozen=True)
+class AuthenticateFrame:
+    token: str
+
+
+ClientFrame = SendFrame | ReadFrame | TypingFrame | HeartbeatFrame | AuthenticateFrame
+
+
+def _readable(value: Any) -> str | None:
+    """A string we can echo back in an error frame, or None."""
+    return value if isinstance(value, str) and len(value) <= MAX_TEMP_ID and untrusted.storable(value) else None
 
 
 def parse(text: str | bytes) -> ClientFrame:
     """Parse one client frame, or raise FrameError with the contract's error code."""
     try:
-        data = _json_decoder.decode(text)
-    except msgspec.DecodeError:
-        raise FrameError("invalid_frame", "frame is not valid JSON") from None
+        data = untrusted.decode(text)
+    except untrusted.Refused as exc:
+        raise FrameError("invalid_frame", f"frame refused: {exc}") from None
     if not isinstance(data, dict):
         raise FrameError("invalid_frame", "frame must be a JSON object")
-    action = data.get("action")
-    if action is None:
+    action = _readable(data.get("action"))
+    temp_id = _readable(data.get("tempMessageId"))
+    problem = untrusted.problem(data)
+    if problem is not None:
+        raise FrameError("invalid_frame", problem, action=action if action in ACTIONS else None,
+                         temp_message_id=temp_id)
+    if data.get("action") is None:
         raise FrameError("missing_field", "action is required")
-    if not isinstance(action, str) or action not in ACTIONS:
-        raise FrameError("unknown_action", f"unknown action {str(action)[:40]!r}", action=action if isinstance(action, str) else None)
-    temp_id = data.get("tempMessageId")
-    temp_id = temp_id if isinstance(temp_id, str) else None
+    if action not in ACTIONS:
+        shown = str(data.get("action"))[:40]
+        raise FrameError("unknown_action", f"unknown action {shown!r}", action=action)
 
     def fail(code: str, message: str) -> FrameError:
         return FrameError(code, message, action=action, temp_message_id=temp_id)
 
     if action == "heartbeat":
         return HeartbeatFrame()
+    if action == "authenticate":
+        token = data.get("token")
+        if token is None:
+            raise fail("missing_field", "token is required")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
+            raise fail("invalid_frame", f"token must be a string of 1 to {MAX_TOKEN} characters")
+        return AuthenticateFrame(token)
     conversation_id = _uuid_field(data, "conversationId", fail)
     if action == "read-messages":
         return ReadFrame(conversation_id)
@@ -81,7 +104,8 @@ def parse(text: str | bytes) -> ClientFrame:
     # send-message
     if "tempMessageId" not in data or data["tempMessageId"] is None:
         raise fail("missing_field", "tempMessageId is required")
-    if temp_id is None or not temp_id or len(temp_id) > MAX_TEMP_ID:
+    raw_temp = data["tempMessageId"]
+    if not isinstance(raw_temp, str) or not raw_temp or len(raw_temp) > MAX_TEMP_ID:
         raise fail("invalid_frame", f"tempMessageId must be a string of 1 to {MAX_TEMP_ID} characters")
     content = data.get("content")
     if content is None:
@@ -93,7 +117,7 @@ def parse(text: str | bytes) -> ClientFrame:
         raise fail("empty_content", "content is empty")
     if len(content) > MAX_CONTENT:
         raise fail("content_too_long", f"content is longer than {MAX_CONTENT} characters")
-    return SendFrame(temp_id, conversation_id, content)
+    return SendFrame(raw_temp, conversation_id, content)
 
 
 def _uuid_field(data: dict[str, Any], name: str, fail: Any) -> uuid.UUID:
