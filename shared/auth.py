@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import jwt
 
 from .settings import JwtSettings
+from .untrusted import storable
 
 LEEWAY_SECONDS = 30
 MAX_USER_ID_LENGTH = 50
@@ -30,23 +32,41 @@ class AuthUnavailable(Exception):
 
 
 class JwksCache:
-    """Keys from a JWKS URL by ``kid``; an unknown ``kid`` refetches at a bounded rate."""
+    """Keys from a JWKS URL by ``kid``.
 
-    def __init__(self, url: str, *, refresh_interval: float = 30.0, timeout: float = 5.0) -> None:
+    - One fetch at a time: concurrent callers share the fetch in flight (single flight).
+    - An unknown ``kid`` refetches at most once per ``refresh_interval``; after a failed fetch
+      nobody fetches again for ``retry_after`` (negative caching): callers get AuthUnavailable at
+      once instead of waiting out another time-out each.
+    - Keys are refetched after ``max_age`` even when known, so a key removed from the JWKS stops
+      being trusted within ``max_age``; while the JWKS is unreachable, the keys last fetched stay
+      in use (an outage of the identity provider does not sign everyone out).
+    """
+
+    def __init__(self, url: str, *, refresh_interval: float = 30.0, retry_after: float = 5.0,
+                 max_age: float = 300.0, timeout: float = 5.0) -> None:
         self.url = url
         self.refresh_interval = refresh_interval
+        self.retry_after = retry_after
+        self.max_age = max_age
         self.timeout = timeout
+        self.fetches = 0
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
+        self._failed_at: float | None = None
+        self._failure = ""
+        self._inflight: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def _fetch(self) -> None:
+        self.fetches += 1
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
@@ -62,26 +82,45 @@ class JwksCache:
                 continue
             try:
                 keys[str(entry["kid"])] = jwt.PyJWK(entry)
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError):
                 continue  # a key type we do not support is skipped, not fatal
         self._keys = keys
         self._fetched_at = time.monotonic()
 
+    async def _refresh(self) -> None:
+        """Fetch, sharing the fetch in flight; remember a failure for ``retry_after``."""
+        now = time.monotonic()
+        if self._failed_at is not None and now - self._failed_at < self.retry_after:
+            raise AuthUnavailable(self._failure)
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(self._fetch())
+        try:
+            await asyncio.shield(self._inflight)
+        except AuthUnavailable as exc:
+            self._failed_at = time.monotonic()
+            self._failure = str(exc)
+            raise
+        self._failed_at = None
+
     async def get(self, kid: str) -> jwt.PyJWK:
+        now = time.monotonic()
+        age = None if self._fetched_at is None else now - self._fetched_at
+        if age is None or age > self.max_age or (kid not in self._keys and age > self.refresh_interval):
+            try:
+                await self._refresh()
+            except AuthUnavailable:
+                if kid not in self._keys or age is None:
+                    raise  # nothing to fall back on: 503, the token may well be good
         key = self._keys.get(kid)
-        if key is not None:
-            return key
-        async with self._lock:
-            key = self._keys.get(kid)
-            if key is not None:
-                return key
-            fresh = self._fetched_at is not None and time.monotonic() - self._fetched_at < self.refresh_interval
-            if not fresh:
-                await self._fetch()
-            key = self._keys.get(kid)
         if key is None:
             raise AuthError("unknown signing key")
         return key
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    expires_at: float  # the token's exp, seconds since the epoch
 
 
 class TokenVerifier:
@@ -99,20 +138,30 @@ class TokenVerifier:
             await self.jwks.close()
 
     async def verify(self, token: str | None) -> str:
+        return (await self.identify(token)).user_id
+
+    async def identify(self, token: str | None) -> Identity:
         if not token:
             raise AuthError("missing token")
         if token.lower().startswith("bearer "):
             token = token[7:].strip()
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except Exception:
             raise AuthError("malformed token") from None
         key: Any
+        algorithms = self.algorithms
         if self.jwks is not None:
             kid = header.get("kid")
             if not isinstance(kid, str):
                 raise AuthError("token has no kid")
-            key = (await self.jwks.get(kid)).key
+            jwk = await self.jwks.get(kid)
+            # the algorithm comes from the key, never from the token: an ES256 token naming an
+            # RSA key is a bad signature, not a TypeError inside the library
+            algorithms = [a for a in self.algorithms if a == jwk.algorithm_name]
+            if not algorithms:
+                raise AuthError("bad signature")
+            key = jwk.key
         else:
             key = self.settings.secret
         options: dict[str, Any] = {"require": ["exp"], "verify_aud": self.settings.audience is not None}
@@ -120,7 +169,7 @@ class TokenVerifier:
             claims = jwt.decode(
                 token,
                 key=key,
-                algorithms=self.algorithms,
+                algorithms=algorithms,
                 audience=self.settings.audience,
                 issuer=self.settings.issuer,
                 leeway=LEEWAY_SECONDS,
@@ -128,10 +177,17 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthError(_reason(exc)) from None
+        except Exception:  # whatever else the library raises on hostile input is a refusal too
+            raise AuthError("invalid token") from None
+        if self.settings.token_use is not None and claims.get("token_use") != self.settings.token_use:
+            raise AuthError(f"token_use must be {self.settings.token_use}")
         user = claims.get(self.settings.user_claim)
-        if not isinstance(user, str) or not user or len(user) > MAX_USER_ID_LENGTH:
+        if not isinstance(user, str) or not user or len(user) > MAX_USER_ID_LENGTH or not storable(user):
             raise AuthError(f"claim {self.settings.user_claim} must name a user (1-{MAX_USER_ID_LENGTH} characters)")
-        return user
+        exp = claims["exp"]
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            raise AuthError("exp must be a number")
+        return Identity(user, float(exp))
 
 
 def _reason(exc: jwt.PyJWTError) -> str:

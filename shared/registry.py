@@ -5,7 +5,8 @@
   dead gateway's entries lapse on their own; readers ignore expired members.
 - ``chat:registry:since``: when the registry was (re)started. Redis may come back empty after a
   restart; until every gateway has had a full refresh interval to re-register, the notifier
-  broadcasts instead of trusting lookups (see notifier/routing.py).
+  broadcasts instead of trusting lookups (see notifier/routing.py). Every renewal extends its
+  expiry, so it lapses together with the last gateway's leases, never outlives them.
 """
 
 from __future__ import annotations
@@ -53,10 +54,34 @@ return out
 """
 
 
+# KEYS[1] is the user's connection set, KEYS[2] SINCE_KEY; ARGV: now, expiry, member, limit, ttl.
+# Drops lapsed leases, then admits the connection only if the user holds fewer than ``limit``
+# live ones across every gateway: the count and the add are one atomic step.
+ADMIT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('SET', KEYS[2], now, 'NX')
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+
 class Registry:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._lookup = redis.register_script(LOOKUP)
+        self._admit = redis.register_script(ADMIT)
+
+    async def admit(self, instance_id: str, user_id: str, conn_id: str, limit: int) -> bool:
+        """Lease a new connection unless ``user_id`` already holds ``limit`` live ones (all gateways)."""
+        now = now_ms()
+        admitted = await self._admit(keys=[conns_key(user_id), SINCE_KEY],
+                                     args=[now, now + LEASE_SECONDS * 1000, member(instance_id, conn_id), limit,
+                                           LEASE_SECONDS * 2])
+        return bool(admitted)
 
     async def check(self) -> bool:
         """Readiness check: Redis answers."""
@@ -67,6 +92,7 @@ class Registry:
         expiry = now_ms() + LEASE_SECONDS * 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(SINCE_KEY, now_ms(), nx=True)
+            pipe.expire(SINCE_KEY, LEASE_SECONDS * 2)  # it lapses with the last gateway's leases
             for user_id, conn_id in conns:
                 key = conns_key(user_id)
                 pipe.zadd(key, {member(instance_id, conn_id): expiry})

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -208,3 +209,78 @@ async def test_jwks_outage_is_unavailable_not_unauthorized(jwks):
             await verifier.verify(jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}))
     finally:
         await verifier.close()
+
+
+async def test_a_token_whose_alg_does_not_fit_its_key_is_401_not_a_crash(jwks):
+    """ES256 and RS256 both allowed; an ES256 token naming the RSA key is a bad signature."""
+    verifier = jwks_verifier(jwks)
+    try:
+        mismatched = jwt.encode(claims(), jwks.ec, algorithm="ES256", headers={"kid": "rsa-1"})
+        with pytest.raises(AuthError):
+            await verifier.verify(mismatched)
+        mismatched = jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "ec-1"})
+        with pytest.raises(AuthError):
+            await verifier.verify(mismatched)
+    finally:
+        await verifier.close()
+
+
+async def test_a_hanging_jwks_is_fetched_once_for_20_concurrent_connects_then_not_again(jwks):
+    hang = asyncio.Event()
+
+    async def hanging(request):
+        jwks.fetches += 1
+        await hang.wait()
+        return web.json_response({"keys": jwks.keys})
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", hanging)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/.well-known/jwks.json"
+    settings = JwtSettings(secret=None, jwks_url=url, issuer=None, audience=None, algorithms=("RS256",),
+                           user_claim="cognito:username")
+    cache = JwksCache(url, timeout=1.0, retry_after=5.0)
+    verifier = TokenVerifier(settings, cache)
+    token = jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(verifier.verify(token) for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, AuthUnavailable) for r in results)
+        assert time.monotonic() - started < 3  # one time-out for all, not twenty in a row
+        assert cache.fetches == 1
+        started = time.monotonic()
+        with pytest.raises(AuthUnavailable):
+            await verifier.verify(token)  # within retry_after: no new fetch, no waiting
+        assert time.monotonic() - started < 0.1 and cache.fetches == 1
+    finally:
+        hang.set()
+        await verifier.close()
+        await runner.cleanup()
+
+
+async def test_a_key_removed_from_the_jwks_stops_being_trusted(jwks):
+    settings = JwtSettings(secret=None, jwks_url=jwks.url, issuer=None, audience=None, algorithms=("RS256", "ES256"),
+                           user_claim="cognito:username")
+    verifier = TokenVerifier(settings, JwksCache(jwks.url, max_age=0.2, timeout=2))
+    token = jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
+    try:
+        assert await verifier.verify(token) == "alice"
+        jwks.keys = [k for k in jwks.keys if k["kid"] != "rsa-1"]
+        await asyncio.sleep(0.3)
+        with pytest.raises(AuthError):
+            await verifier.verify(token)
+    finally:
+        await verifier.close()
+
+
+async def test_token_use_is_checked_when_configured():
+    settings = JwtSettings(secret=SECRET, jwks_url=None, issuer=None, audience=None, algorithms=("HS256",),
+                           user_claim="cognito:username", token_use="id")
+    verifier = TokenVerifier(settings)
+    assert await verifier.verify(jwt.encode(claims(token_use="id"), SECRET, algorithm="HS256")) == "alice"
+    for wrong in ({"token_use": "access"}, {}):
+        with pytest.raises(AuthError):
+            await verifier.verify(jwt.encode(claims(**wrong), SECRET, algorithm="HS256"))
