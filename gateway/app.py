@@ -15,13 +15,14 @@ from shared import log as logging, topology
 from shared.amqp import PREFETCH, Broker
 from shared.auth import TokenVerifier
 from shared.ops import access_log, add_routes
-from shared.registry import REDIS_ERRORS, REFRESH_SECONDS, Registry, redis_client
+from shared.registry import REDIS_ERRORS, Registry, redis_client
 from shared.service import fatal
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
 
 from .delivery import Deliverer
 from .hub import Hub
+from .leases import renew_leases
 from .publisher import CommandPublisher
 from .state import GATEWAY, Gateway
 from .ws import websocket
@@ -31,9 +32,9 @@ log = logging.get(__name__)
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[access_log])
-    readiness = add_routes(app, "gateway")
+    readiness = add_routes(app, "gateway", ops_port=settings.ops_port, host=settings.host)
     redis = redis_client(settings.redis_url or "")
-    hub = Hub()
+    hub = Hub(settings.limits)
 
     deliverer = Deliverer(hub)
 
@@ -52,21 +53,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[GATEWAY] = gw
 
-    async def refresh_leases() -> None:
-        """Renew every local connection's lease; after a failure (e.g. Redis restarted) retry soon."""
-        while True:
-            try:
-                await asyncio.wait_for(gw.registry.register(settings.instance_id, hub.pairs()), 5)
-                delay = REFRESH_SECONDS
-            except REDIS_ERRORS as exc:
-                log.warning("lease_refresh_failed", error=exc.__class__.__name__)
-                delay = 1.0
-            await asyncio.sleep(delay)
-
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         broker.start()
         gw.publisher.start()
-        refresher = asyncio.create_task(refresh_leases(), name="lease-refresher")
+        refresher = asyncio.create_task(renew_leases(gw), name="lease-renewal")
         yield
         await cancel_and_wait(refresher)
         await broker.stop_consuming()

@@ -11,10 +11,14 @@ import prometheus_client
 from aiohttp import WSCloseCode, web
 
 from shared import log as logging
+from shared.settings import Limits
+
+from .limits import UserLimits
 
 log = logging.get(__name__)
 OUTBOX_LIMIT = 1024  # frames queued toward one socket before it counts as unable to keep up
 TRY_AGAIN_LATER = 1013
+CLOSE_TIMEOUT = 5.0
 
 CONNECTIONS = prometheus_client.Gauge("chat_gateway_connections", "Open WebSocket connections")
 FRAMES_SENT = prometheus_client.Counter("chat_gateway_frames_sent_total", "Frames written to sockets")
@@ -63,7 +67,13 @@ class Connection:
             FRAMES_SENT.inc()
 
     async def stop(self) -> None:
-        """Owner's teardown: cancel and await the writer (and a pending close)."""
+        """Owner's teardown: let a close we started finish its handshake (bounded), then cancel the
+        writer. (Cancelling the close would drop the socket without its close code: 1006.)"""
+        if self._closer is not None and not self._closer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closer), CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                pass
         for task in (self._writer, self._closer):
             if task is not None and not task.done():
                 task.cancel()
@@ -76,14 +86,19 @@ class Connection:
 
 
 class Hub:
-    def __init__(self) -> None:
+    """This gateway's connections, and each connected user's rate limits (dropped with the last one)."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self.by_id: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = defaultdict(set)
+        self.user_limits: dict[str, UserLimits] = {}
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Connection) -> UserLimits:
         self.by_id[conn.id] = conn
         self.by_user[conn.user_id].add(conn)
         CONNECTIONS.set(len(self.by_id))
+        return self.user_limits.setdefault(conn.user_id, UserLimits(self.limits))
 
     def remove(self, conn: Connection) -> None:
         self.by_id.pop(conn.id, None)
@@ -92,6 +107,7 @@ class Hub:
             users.discard(conn)
             if not users:
                 del self.by_user[conn.user_id]
+                self.user_limits.pop(conn.user_id, None)
         CONNECTIONS.set(len(self.by_id))
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -105,6 +121,10 @@ class Hub:
             return
         for user in users:
             yield from tuple(self.by_user.get(user, ()))
+
+    def close_soon_all(self, code: int, message: str) -> None:
+        for conn in list(self.by_id.values()):
+            conn.close_soon(code, message)
 
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
         conns = list(self.by_id.values())

@@ -27,16 +27,20 @@ FailureCallback = Callable[[str], None]
 
 FLUSH_SIZE = prometheus_client.Histogram("chat_gateway_flush_commands", "Commands per flush",
                                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+MAX_PENDING = 10_000  # commands waiting for a flush, all sockets together
+PENDING_FULL = prometheus_client.Counter("chat_gateway_commands_refused_full_total",
+                                         "Commands refused because too many were waiting for the broker")
 PUBLISH_FAILED = prometheus_client.Counter("chat_gateway_commands_unavailable_total",
                                            "Commands the broker could not take")
 
 
 class CommandPublisher:
-    def __init__(self, broker: Broker, partitions: int, *, linger: float = 0.0, max_batch: int = 1000) -> None:
+    def __init__(self, broker: Broker, partitions: int, *, max_batch: int = 1000,
+                 max_pending: int = MAX_PENDING) -> None:
         self.broker = broker
         self.partitions = partitions
-        self.linger = linger
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self._pending: list[tuple[Command, FailureCallback | None]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -46,16 +50,22 @@ class CommandPublisher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="command-publisher")
 
-    def submit(self, command: Command, on_fail: FailureCallback | None = None) -> None:
+    def submit(self, command: Command, on_fail: FailureCallback | None = None) -> bool:
+        """Queue ``command`` for the next flush; False (refused) when ``max_pending`` wait already,
+        e.g. while the broker blocks publishers: memory stays bounded and the client hears it."""
+        if len(self._pending) >= self.max_pending:
+            PENDING_FULL.inc()
+            return False
         self._pending.append((command, on_fail))
         self._idle.clear()
         self._wake.set()
+        return True
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             if len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.linger)
+                await asyncio.sleep(0)  # let frames already read from other sockets join this flush
             self._wake.clear()
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             if self._pending:

@@ -22,6 +22,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_REDIS_URL": "Redis URL, redis://host:port/db",
     "CHAT_HOST": "address to listen on (default 0.0.0.0)",
     "CHAT_PORT": "port to listen on (defaults: gateway 8080, query 8081, writer 8082, notifier 8083)",
+    "CHAT_OPS_PORT": "gateway and query: serve /healthz, /readyz and /metrics on this port only, off the public one (default 0: on CHAT_PORT)",
     "CHAT_INSTANCE_ID": "this instance's identity, [A-Za-z0-9._-]{1,64} (default: hostname + random suffix)",
     "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 32; the same on every service; the most writers or notifiers that can be busy at once)",
     "CHAT_JWT_SECRET": "HS256 secret, at least 32 characters (development and self-hosting)",
@@ -31,7 +32,14 @@ VARIABLES: dict[str, str] = {
     "CHAT_JWT_ALGORITHMS": "comma-separated allow-list (default HS256 with a secret, RS256 with a JWKS)",
     "CHAT_JWT_USER_CLAIM": "claim that names the user (default cognito:username)",
     "CHAT_DEV_LOGIN": "true lets the web client at /app/ mint a token for any user id (development only; needs CHAT_JWT_SECRET)",
+    "CHAT_JWT_TOKEN_USE": "expected token_use claim, e.g. id for Cognito ID tokens (checked when set)",
     "CHAT_ALLOWED_ORIGINS": "comma-separated origins allowed for WebSocket and CORS (default: any)",
+    "CHAT_WEB_GATEWAYS": "comma-separated ws:// or wss:// URLs the web client at /app/ may connect to, first the default (default: the page's host, port 8080)",
+    "CHAT_MAX_CONNECTIONS_PER_USER": "open WebSockets one user may hold across every gateway, 1..1000 (default 10)",
+    "CHAT_RATE_SEND": "send-message per user, all connections together: per-second rate:burst (default 20:100)",
+    "CHAT_RATE_READ": "read-messages per user: per-second rate:burst (default 5:30)",
+    "CHAT_RATE_TYPING": "typing per user: per-second rate:burst; extra typing frames are dropped (default 5:20)",
+    "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
@@ -55,6 +63,24 @@ class JwtSettings:
     audience: str | None
     algorithms: tuple[str, ...]
     user_claim: str
+    token_use: str | None = None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A token bucket's shape: ``per_second`` sustained, ``burst`` at once."""
+
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections_per_user: int = 10
+    send: Rate = Rate(20, 100)
+    read: Rate = Rate(5, 30)
+    typing: Rate = Rate(5, 20)
+    token_grace_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,9 @@ class Settings:
     redis_url: str | None = None
     jwt: JwtSettings | None = None
     dev_login: bool = False
+    limits: Limits = Limits()
+    web_gateways: tuple[str, ...] = ()
+    ops_port: int = 0
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -138,6 +167,28 @@ def _jwt(env: Mapping[str, str]) -> JwtSettings:
         audience=_get(env, "CHAT_JWT_AUDIENCE"),
         algorithms=tuple(algorithms),
         user_claim=claim,
+        token_use=_get(env, "CHAT_JWT_TOKEN_USE"),
+    )
+
+
+def _rate(env: Mapping[str, str], name: str, default: Rate) -> Rate:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?):([0-9]+)", raw)
+    if match is None or float(match[1]) <= 0 or not 1 <= int(match[2]) <= 100_000:
+        raise SettingsError(f"{name} must be rate:burst, e.g. 20:100 (a positive rate per second, a burst of 1 or more)")
+    return Rate(float(match[1]), int(match[2]))
+
+
+def _limits(env: Mapping[str, str]) -> Limits:
+    base = Limits()
+    return Limits(
+        max_connections_per_user=_int(env, "CHAT_MAX_CONNECTIONS_PER_USER", base.max_connections_per_user, 1, 1000),
+        send=_rate(env, "CHAT_RATE_SEND", base.send),
+        read=_rate(env, "CHAT_RATE_READ", base.read),
+        typing=_rate(env, "CHAT_RATE_TYPING", base.typing),
+        token_grace_seconds=_int(env, "CHAT_TOKEN_GRACE_SECONDS", base.token_grace_seconds, 0, 86400),
     )
 
 
@@ -155,6 +206,28 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     if raw not in ("true", "false", "1", "0", "yes", "no"):
         raise SettingsError(f"{name} must be true or false, got {raw!r}")
     return raw in ("true", "1", "yes")
+
+
+# Published in this repository (docker-compose.yml, the dev overlay): anyone can mint tokens with it.
+DEVELOPMENT_SECRETS = frozenset({"dev-secret-change-me-dev-secret-change-me"})
+
+
+def _refuse_development_in_production(jwt: JwtSettings, dev_login: bool, origins: frozenset[str]) -> None:
+    """Development settings are one copy-paste from production: refuse them outside development.
+
+    The published development secret is accepted only with CHAT_DEV_LOGIN=true (which says
+    "development"), and CHAT_DEV_LOGIN=true is refused next to anything that says "production":
+    an issuer or audience to check, or an https:// origin.
+    """
+    if jwt.secret in DEVELOPMENT_SECRETS and not dev_login:
+        raise SettingsError("CHAT_JWT_SECRET is the development secret published in this repository: "
+                            "set a secret of your own (at least 32 random characters)")
+    if dev_login:
+        marker = ("CHAT_JWT_ISSUER" if jwt.issuer else "CHAT_JWT_AUDIENCE" if jwt.audience else
+                  "CHAT_ALLOWED_ORIGINS" if any(o.startswith("https://") for o in origins) else None)
+        if marker is not None:
+            raise SettingsError(f"CHAT_DEV_LOGIN=true lets anyone sign in as anyone: refused with {marker} set "
+                                "(a production setting)")
 
 
 def default_instance_id() -> str:
@@ -183,6 +256,9 @@ def load(
     dev_login = _bool(env, "CHAT_DEV_LOGIN") if jwt else False
     if dev_login and jwt_settings is not None and jwt_settings.secret is None:
         raise SettingsError("CHAT_DEV_LOGIN needs CHAT_JWT_SECRET: development tokens are HS256")
+    allowed_origins = _origins(env)
+    if jwt_settings is not None:
+        _refuse_development_in_production(jwt_settings, dev_login, allowed_origins)
     return Settings(
         service=service,
         host=_get(env, "CHAT_HOST") or "0.0.0.0",
@@ -190,10 +266,22 @@ def load(
         instance_id=instance_id,
         partitions=_int(env, "CHAT_PARTITIONS", DEFAULT_PARTITIONS, 1, 256),
         log_level=level,
-        allowed_origins=_origins(env),
+        allowed_origins=allowed_origins,
         database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database) if database else None,
         amqp_url=_url(env, "CHAT_AMQP_URL", ("amqp", "amqps"), required=amqp) if amqp else None,
         redis_url=_url(env, "CHAT_REDIS_URL", ("redis", "rediss", "unix"), required=redis) if redis else None,
         jwt=jwt_settings,
         dev_login=dev_login,
+        limits=_limits(env) if service == "gateway" else Limits(),
+        web_gateways=_web_gateways(env) if service == "query" else (),
+        ops_port=_int(env, "CHAT_OPS_PORT", 0, 0, 65535),
     )
+
+
+def _web_gateways(env: Mapping[str, str]) -> tuple[str, ...]:
+    urls = _csv(_get(env, "CHAT_WEB_GATEWAYS"))
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise SettingsError(f"CHAT_WEB_GATEWAYS has {url!r}: each must be a ws:// or wss:// URL")
+    return tuple(urls)

@@ -1,0 +1,182 @@
+"""One WebSocket's session: who it is, until when, its limits, and what each frame does.
+
+Every frame a client sends is hostile until parsed: it is counted against the connection's
+frame budget, parsed into a typed frame (shared/frames.py), checked against the user's rate
+limits (shared by all the user's connections on this gateway), then published as a command.
+Each refusal is a strike; a connection that runs out of strikes is closed with 1008, so a
+flood costs its sender the connection and nobody else anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import prometheus_client
+
+from shared import frames, log as logging
+from shared.auth import AuthError, AuthUnavailable, Identity
+from shared.envelope import Command, Origin, ReadMessages, SendMessage, StartTyping
+
+from .hub import Connection
+from .limits import FRAMES, STRIKES, TokenBucket, UserLimits
+from .state import Gateway
+
+log = logging.get(__name__)
+POLICY_VIOLATION = 1008
+TOKEN_EXPIRED = 4001
+TYPING_INTERVAL = 1.0  # one typing frame per conversation per second reaches the others
+TYPING_REMEMBERED = 64  # conversations whose last typing time a session keeps
+
+FRAMES_IN = prometheus_client.Counter("chat_gateway_frames_received_total", "Client frames", ["action"])
+FRAME_ERRORS = prometheus_client.Counter("chat_gateway_frame_errors_total", "Client frames refused", ["code"])
+CLOSED_ABUSIVE = prometheus_client.Counter("chat_gateway_abusive_closed_total",
+                                           "Connections closed with 1008 for going on past their limits")
+CLOSED_EXPIRED = prometheus_client.Counter("chat_gateway_expired_closed_total",
+                                           "Connections closed with 4001 when their token expired")
+
+
+class Session:
+    def __init__(self, gw: Gateway, conn: Connection, limits: UserLimits, identity: Identity) -> None:
+        self.gw = gw
+        self.conn = conn
+        self.user_id = conn.user_id
+        self.limits = limits
+        self.origin = Origin(gw.settings.instance_id, conn.id)
+        self.expires_at = identity.expires_at
+        self.frames = TokenBucket(FRAMES)
+        self.strikes = TokenBucket(STRIKES)
+        self.typing_at: dict[uuid.UUID, float] = {}
+        self.received = 0
+        self._expiry: asyncio.TimerHandle | None = None
+        self._authenticating: asyncio.Task[None] | None = None
+
+    # ---- lifetime ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._schedule_expiry()
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        task = self._authenticating
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        deadline = self.expires_at + self.gw.settings.limits.token_grace_seconds
+        delay = max(0.0, deadline - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        CLOSED_EXPIRED.inc()
+        log.info("ws_token_expired", conn=self.conn.id)
+        self.conn.close_soon(TOKEN_EXPIRED, "token expired")
+
+    # ---- frames --------------------------------------------------------------------------
+
+    def handle(self, text: str) -> None:
+        """One text frame, e.g. ``{"action":"send-message","tempMessageId":"t1","conversationId":"<uuid>",
+        "content":"hi"}``; answers problems with ``{"type":"error","code":...,"message":...}``."""
+        self.received += 1
+        if not self.frames.take():
+            self._strike("frames")  # beyond the frame budget: dropped unread, no reply to amplify
+            return
+        try:
+            frame = frames.parse(text)
+        except frames.FrameError as exc:
+            self._refuse(exc.code, exc.message, action=exc.action, temp_message_id=exc.temp_message_id)
+            return
+        if isinstance(frame, frames.HeartbeatFrame):
+            FRAMES_IN.labels("heartbeat").inc()
+        elif isinstance(frame, frames.AuthenticateFrame):
+            FRAMES_IN.labels("authenticate").inc()
+            self._authenticate(frame.token)
+        elif isinstance(frame, frames.SendFrame):
+            self._command("send-message", SendMessage(
+                user_id=self.user_id, conversation_id=frame.conversation_id, temp_message_id=frame.temp_message_id,
+                content=frame.content, origin=self.origin), frame.temp_message_id)
+        elif isinstance(frame, frames.ReadFrame):
+            self._command("read-messages", ReadMessages(
+                user_id=self.user_id, conversation_id=frame.conversation_id, origin=self.origin))
+        elif isinstance(frame, frames.TypingFrame):
+            self._typing(frame.conversation_id)
+
+    def binary(self) -> None:
+        self._refuse("invalid_frame", "frames must be JSON text")
+
+    def _command(self, action: str, command: Command, temp_message_id: str | None = None) -> None:
+        FRAMES_IN.labels(action).inc()
+        if not self.limits.allow(action):
+            self._refuse("rate_limited", "too many frames, slow down", action=action, temp_message_id=temp_message_id)
+            return
+        conn = self.conn
+
+        def unavailable(reason: str) -> None:
+            conn.push(frames.error("unavailable", "could not accept this, retry", action=action,
+                                   temp_message_id=temp_message_id))
+
+        if not self.gw.publisher.submit(command, unavailable):
+            unavailable("publisher full")
+
+    def _typing(self, conversation_id: uuid.UUID) -> None:
+        FRAMES_IN.labels("typing").inc()
+        now = time.monotonic()
+        if now - self.typing_at.get(conversation_id, 0.0) < TYPING_INTERVAL:
+            return  # ephemeral: extra typing frames are simply dropped
+        if not self.limits.allow("typing"):
+            FRAME_ERRORS.labels("rate_limited").inc()
+            self._strike("typing")
+            return
+        self.typing_at.pop(conversation_id, None)
+        self.typing_at[conversation_id] = now
+        if len(self.typing_at) > TYPING_REMEMBERED:
+            del self.typing_at[next(iter(self.typing_at))]  # the oldest: the dict stays bounded
+        self.gw.publisher.submit(StartTyping(user_id=self.user_id, conversation_id=conversation_id,
+                                             origin=self.origin))
+
+    def _refuse(self, code: str, message: str, *, action: str | None = None,
+                temp_message_id: str | None = None) -> None:
+        FRAME_ERRORS.labels(code).inc()
+        self.conn.push(frames.error(code, message, action=action, temp_message_id=temp_message_id))
+        self._strike(code)
+
+    def _strike(self, why: str) -> None:
+        if not self.strikes.take():
+            CLOSED_ABUSIVE.inc()
+            log.info("ws_abusive_closed", conn=self.conn.id, reason=why, frames=self.received)
+            self.conn.close_soon(POLICY_VIOLATION, "rate limit exceeded")
+
+    # ---- authenticate --------------------------------------------------------------------
+
+    def _authenticate(self, token: str) -> None:
+        if self._authenticating is not None and not self._authenticating.done():
+            self._refuse("rate_limited", "an authenticate frame is already being checked", action="authenticate")
+            return
+        self._authenticating = asyncio.create_task(self._check(token), name=f"authenticate:{self.conn.id}")
+
+    async def _check(self, token: str) -> None:
+        """``{"action":"authenticate","token":"<jwt>"}``: a fresh token of the same user moves the
+        connection's end; a bad one gets ``error`` ``unauthorized``; another user's closes with 1008."""
+        try:
+            identity = await self.gw.verifier.identify(token)
+        except AuthError as exc:
+            self._refuse("unauthorized", str(exc), action="authenticate")
+            return
+        except AuthUnavailable as exc:
+            self.conn.push(frames.error("unavailable", str(exc), action="authenticate"))
+            return
+        if identity.user_id != self.user_id:
+            log.info("ws_authenticate_other_user", conn=self.conn.id)
+            self.conn.close_soon(POLICY_VIOLATION, "token names another user")
+            return
+        if identity.expires_at > self.expires_at:
+            self.expires_at = identity.expires_at
+            self._schedule_expiry()
