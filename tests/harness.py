@@ -17,6 +17,7 @@ from typing import Any, Callable
 import aiohttp
 import asyncpg
 
+from query.paging import direct_key
 from shared.auth import mint
 from shared.devstack import Stack, wait_ready
 
@@ -240,7 +241,7 @@ class System:
             async with conn.transaction():
                 await conn.execute(
                     "INSERT INTO conversations (id, title, is_group, created_by, direct_key) VALUES ($1, $2, $3, $4, $5)",
-                    cid, title, group, users[0], None if group else "\x1f".join(sorted(users)),
+                    cid, title, group, users[0], None if group else direct_key(*users),
                 )
                 await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
                                        [(cid, u) for u in users])

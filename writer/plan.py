@@ -36,6 +36,7 @@ UNRESOLVED = -1  # a ReadUpdated's pointer until the write returns it
 class Conversation:
     last_seq: int
     members: tuple[str, ...]
+    read: Mapping[str, int] = field(default_factory=dict)  # each member's last_read_seq
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ def plan(commands: list[Command], conversations: Mapping[uuid.UUID, Conversation
             out.stored += 1
         elif isinstance(cmd, ReadMessages):
             key = (cid, cmd.user_id)
-            out.read_to[key] = max(out.read_to.get(key, 0), last_seq[cid])
+            if last_seq[cid] <= max(conversation.read.get(cmd.user_id, 0), out.read_to.get(key, 0)):
+                continue  # nothing new to read: no write, no receipt to anybody
+            out.read_to[key] = last_seq[cid]
             out.events.append(ReadUpdated(conversation_id=cid, user_id=cmd.user_id, last_read_seq=UNRESOLVED,
                                           participants=members))
         elif isinstance(cmd, StartTyping):

@@ -32,7 +32,8 @@ def _now_ms() -> datetime:
 # their counters and members in the same round trip.
 LOCK_CONVERSATIONS = """
 SELECT c.id, c.last_seq,
-       ARRAY(SELECT p.user_id FROM participants p WHERE p.conversation_id = c.id ORDER BY p.user_id) AS members
+       ARRAY(SELECT p.user_id FROM participants p WHERE p.conversation_id = c.id ORDER BY p.user_id) AS members,
+       ARRAY(SELECT p.last_read_seq FROM participants p WHERE p.conversation_id = c.id ORDER BY p.user_id) AS read_seqs
 FROM conversations c WHERE c.id = ANY($1::uuid[]) ORDER BY c.id FOR UPDATE OF c
 """
 
@@ -75,7 +76,8 @@ WHERE p.conversation_id = v.conversation_id
 async def store(conn: asyncpg.Connection, commands: list[Command]) -> tuple[Plan, list[Event]]:
     """Apply ``commands`` in order inside the caller's transaction: the plan, and the events to announce."""
     locked = await conn.fetch(LOCK_CONVERSATIONS, sorted({c.conversation_id for c in commands}))
-    conversations = {r["id"]: Conversation(r["last_seq"], tuple(r["members"])) for r in locked}
+    conversations = {r["id"]: Conversation(r["last_seq"], tuple(r["members"]), dict(zip(r["members"], r["read_seqs"])))
+                     for r in locked}
     sends = [c for c in commands if isinstance(c, SendMessage)]
     existing: dict[tuple[str, str], Stored] = {}
     if sends:

@@ -126,3 +126,25 @@ async def test_notifier_routes_to_the_gateways_holding_the_recipients(stack):
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+async def test_migration_0003_rewrites_old_direct_keys(stack):
+    """Keys made with the old U+001F separator become the length-prefixed ones the code looks up."""
+    from importlib import resources
+
+    from query.paging import direct_key
+
+    conn = await asyncpg.connect(stack.postgres.dsn(new_database(stack)))
+    try:
+        pairs = [("alice", "bob"), ("a\x1fb", "c"), ("a", "b\x1fc")]
+        for a, b in pairs:
+            cid = uuid.uuid4()
+            await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) VALUES ($1, false, $2, $3)",
+                               cid, a, f"old-{cid}")  # the old keys of the last two pairs would collide
+            await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
+                                   [(cid, a), (cid, b)])
+        await conn.execute((resources.files("shared.migrations") / "0003_direct_key.sql").read_text())
+        keys = {r["direct_key"] for r in await conn.fetch("SELECT direct_key FROM conversations")}
+        assert keys == {direct_key(a, b) for a, b in pairs}
+    finally:
+        await conn.close()

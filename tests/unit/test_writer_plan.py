@@ -77,6 +77,17 @@ def test_plan_table(commands, expected):
     assert summary(run(commands).events) == expected
 
 
+def test_a_read_that_moves_nothing_writes_and_announces_nothing():
+    state = {C1: Conversation(last_seq=4, members=("alice", "bob"), read={"alice": 4, "bob": 2})}
+    read = [ReadMessages(user_id=u, conversation_id=C1, origin=ORIGIN) for u in ("alice", "bob", "bob")]
+    result = plan(read, state, {}, NOW, new_id=ids())
+    assert summary(result.events) == [("read", 1, "bob")]  # alice had read it all; bob's second read adds nothing
+    assert result.read_to == {(C1, "bob"): 4}
+    # a read after one's own message in the same batch has nothing left to read either
+    result = plan([send("bob", C1, "b"), read[1]], state, {}, NOW, new_id=ids())
+    assert summary(result.events) == [("stored", 1, 5, "b")]
+
+
 def test_empty_content_rejection_carries_the_temp_id():
     result = run([send("alice", C1, "t1", "   ")])
     assert summary(result.events) == [("rejected", "empty_content", "t1")]
