@@ -91,8 +91,12 @@ async def access_log(request: web.Request, handler: Callable[[web.Request], Awai
                      ms=round(elapsed * 1000, 2))
 
 
-def add_routes(app: web.Application, service: str) -> Readiness:
-    """Mount the three operator routes on ``app`` and return its Readiness to fill with checks."""
+def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: str = "0.0.0.0") -> Readiness:
+    """Mount the three operator routes and return the Readiness to fill with checks.
+
+    With ``ops_port`` they are served on that port only, by a second listener that lives as
+    long as ``app``: a public service (gateway, query) then keeps /metrics off its public port.
+    """
     readiness = Readiness()
     app[READINESS] = readiness
     app[SERVICE] = service
@@ -101,9 +105,23 @@ def add_routes(app: web.Application, service: str) -> Readiness:
         readiness.draining = True
 
     app.on_shutdown.append(draining)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    target = app
+    if ops_port:
+        target = web.Application(middlewares=[access_log])
+        target[READINESS] = readiness
+        target[SERVICE] = service
+
+        async def listener(app: web.Application):  # type: ignore[no-untyped-def]
+            runner = web.AppRunner(target, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, ops_port).start()
+            yield
+            await runner.cleanup()
+
+        app.cleanup_ctx.append(listener)
+    target.router.add_get("/healthz", healthz)
+    target.router.add_get("/readyz", readyz)
+    target.router.add_get("/metrics", metrics)
     return readiness
 
 

@@ -55,10 +55,13 @@ function nameOf(c) {
 
 async function boot() {
   const params = new URLSearchParams(location.search);
-  const defaultGateway = `${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname}:8080/`;
-  state.gatewayUrl = params.get("gateway") || localStorage.getItem("chat.gateway") || defaultGateway;
-  if (params.get("gateway")) localStorage.setItem("chat.gateway", state.gatewayUrl);
   const config = await (await fetch("/app/config.json")).json().catch(() => ({}));
+  // The token goes to the gateway, so only a gateway the server lists is ever used: a link with
+  // ?gateway=wss://elsewhere/ cannot send it anywhere else. Nothing from the URL is remembered.
+  const gateways = config.gateways && config.gateways.length ? config.gateways
+    : [`${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname}:8080/`];
+  const asked = params.get("gateway");
+  state.gatewayUrl = gateways.includes(asked) ? asked : gateways[0];
   state.claim = config.userClaim || state.claim;
   $("dev-signin").hidden = !config.devLogin;
   $("dev-signin").addEventListener("submit", async (event) => {

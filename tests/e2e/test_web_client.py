@@ -27,7 +27,8 @@ async def test_two_people_chat_in_the_browser(system):
     await system.start("notifier")
     gateway_a = await system.start("gateway")
     gateway_b = await system.start("gateway")
-    query = await system.start("query", env={"CHAT_DEV_LOGIN": "true"})
+    gateways = f"ws://127.0.0.1:{gateway_a.port}/,ws://127.0.0.1:{gateway_b.port}/"
+    query = await system.start("query", env={"CHAT_DEV_LOGIN": "true", "CHAT_WEB_GATEWAYS": gateways})
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -77,6 +78,13 @@ async def test_two_people_chat_in_the_browser(system):
             assert await bob.locator(".message").count() == 3  # once each, in order
             texts = await bob.locator(".message .content").all_inner_texts()
             assert texts == ["Hello Bob", "Hi Alice", "Are you there?"]
+
+            # a link naming another gateway cannot make the page send the token there
+            lured = await (await browser.new_context()).new_page()
+            await lured.goto(f"{query.url}/app/?gateway=ws://attacker.invalid/")
+            await lured.wait_for_function("state.gatewayUrl !== null")
+            assert await lured.evaluate("state.gatewayUrl") == f"ws://127.0.0.1:{gateway_a.port}/"
+            assert await lured.evaluate("localStorage.getItem('chat.gateway')") is None
 
             if os.environ.get("CHAT_SCREENSHOT"):
                 await alice.screenshot(path=str(Path(os.environ["CHAT_SCREENSHOT"])))
