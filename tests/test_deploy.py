@@ -26,6 +26,8 @@ CRDS = {
     ("keda.sh/v1alpha1", "ScaledObject"): lambda o: o["spec"]["scaleTargetRef"]["name"] and o["spec"]["triggers"],
     ("keda.sh/v1alpha1", "TriggerAuthentication"): lambda o: o["spec"]["secretTargetRef"],
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): lambda o: o["spec"]["replicas"] >= 3,
+    ("rabbitmq.com/v1beta1", "User"): lambda o: o["spec"]["importCredentialsSecret"]["name"],
+    ("rabbitmq.com/v1beta1", "Permission"): lambda o: o["spec"]["userReference"]["name"] and o["spec"]["permissions"],
     ("postgresql.cnpg.io/v1", "Cluster"): lambda o: o["spec"]["instances"] >= 3 and o["spec"]["storage"]["size"],
     ("databases.spotahome.com/v1", "RedisFailover"): lambda o: o["spec"]["sentinel"]["replicas"] >= 3,
 }
@@ -142,3 +144,36 @@ def test_autoscaler_maxima_never_exceed_the_partitions(overlay):
     assert all(1 <= maximum <= partitions for maximum in scaled.values()), (scaled, partitions)
     deployments = {o["metadata"]["name"]: o["spec"].get("replicas", 1) for o in objects if o["kind"] == "Deployment"}
     assert deployments["chat-writer"] <= partitions and deployments["chat-notifier"] <= partitions
+
+
+def test_production_hardening():
+    """What a production deployment must not get wrong, checked on the prod overlay and the data tier."""
+    prod = build("deploy/k8s/overlays/prod")
+    config = next(o for o in prod if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chat-config"))["data"]
+    assert config["CHAT_JWT_AUDIENCE"] and config["CHAT_JWT_TOKEN_USE"] == "id" and config["CHAT_JWT_ISSUER"]
+    assert config["CHAT_DEV_LOGIN"] == "false"
+    origins = config["CHAT_ALLOWED_ORIGINS"].split(",")
+    assert any(o.startswith("chrome-extension://") for o in origins)  # PageNow's extension can connect
+    assert not any(o["kind"] == "Secret" and o["metadata"]["name"] == "chat-secrets" for o in prod)  # managed outside git
+    for obj in (o for o in prod if o["kind"] in ("Deployment", "Job")):
+        spec = obj["spec"]["template"]["spec"]
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", obj["metadata"]["name"]
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+    for obj in (o for o in prod if o["kind"] == "Service"):
+        assert [p["name"] for p in obj["spec"]["ports"]] == ["http"]  # never the ops port
+    for obj in (o for o in prod if o["kind"] == "Deployment" and o["metadata"]["name"] in ("chat-gateway", "chat-query")):
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["CHAT_OPS_PORT"] and env["CHAT_OPS_PORT"] != env["CHAT_PORT"]  # /metrics off the public port
+        assert container["readinessProbe"]["httpGet"]["port"] == "ops"
+    data = build("deploy/k8s/data")
+    text = json.dumps(data)
+    assert "default_pass" not in text and "password" not in text.lower().replace("importcredentialssecret", "")
+    policies = {o["metadata"]["name"]: o for o in data if o["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"chat-rabbitmq-ingress", "chat-redis-ingress", "chat-postgres-ingress"}
+    for policy in policies.values():
+        first = policy["spec"]["ingress"][0]["from"][0]
+        assert first["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "pagenow-chat"}

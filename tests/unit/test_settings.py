@@ -84,3 +84,23 @@ def test_jwks_settings_and_origins():
     assert s.jwt.algorithms == ("RS256", "ES256") and s.jwt.secret is None
     assert s.jwt.issuer.endswith("/pool") and s.jwt.audience == "client"
     assert s.allowed_origins == {"https://app.example.com", "chrome-extension://abcdef"}
+
+
+def test_development_secrets_are_refused_in_production():
+    from shared.settings import DEVELOPMENT_SECRETS, SettingsError, load
+
+    dev_secret = next(iter(DEVELOPMENT_SECRETS))
+    base = {"CHAT_DATABASE_URL": "postgresql://u@h/db", "CHAT_AMQP_URL": "amqp://h/"}
+    ok = load("query", {**base, "CHAT_JWT_SECRET": dev_secret, "CHAT_DEV_LOGIN": "true"}, jwt=True)
+    assert ok.dev_login  # a development setup, said so explicitly
+    refused = [
+        ({"CHAT_JWT_SECRET": dev_secret}, "development secret"),
+        ({"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_JWT_ISSUER": "https://idp"}, "CHAT_JWT_ISSUER"),
+        ({"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_JWT_AUDIENCE": "app"}, "CHAT_JWT_AUDIENCE"),
+        ({"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_ALLOWED_ORIGINS": "https://chat.example.com"},
+         "CHAT_ALLOWED_ORIGINS"),
+    ]
+    for env, words in refused:
+        with pytest.raises(SettingsError) as info:
+            load("query", {**base, **env}, jwt=True)
+        assert words in str(info.value)
