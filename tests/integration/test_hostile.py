@@ -1,0 +1,219 @@
+"""Hostile clients against real servers (contract section 5): one user's bad input or flood
+costs that user alone: an error, a limit, a closed socket; never another user's message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from ..harness import System, WsClient, token
+from .test_resilience import echoes
+
+
+async def rest(system: System, method: str, path: str, user: str = "alice", **kw) -> tuple[int, object]:
+    query = system.of("query")[0]
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, f"{query.url}{path}", headers={"Authorization": token(user)}, **kw) as resp:
+            assert resp.content_type == "application/json", (path, resp.status, await resp.text())
+            return resp.status, await resp.json()
+
+
+async def test_unstorable_or_malformed_input_gets_a_clear_error_and_stores_nothing(system):
+    await system.start_all(query=True)
+    alice = await system.connect("alice")
+    cid = await system.conversation(["alice", "bob"])
+    raw = '{{"action":"send-message","tempMessageId":"{t}","conversationId":"{c}","content":{v}}}'
+    await alice.send_message(cid, "nul \u0000 inside", temp_id="nul")
+    await alice.send(raw.format(t="sur", c=cid, v='"lone \\ud800 surrogate"'))
+    await alice.send(raw.format(t="deep", c=cid, v="[" * 5000 + "]" * 5000))
+    await alice.send(raw.format(t="big", c=cid, v=str(2**70)))
+    for temp in ("nul", "sur"):
+        frame = await alice.wait_frame(type="error", tempMessageId=temp)
+        assert frame["code"] == "invalid_frame" and "content" in frame["message"]
+    await alice.wait_for(lambda fs: len([f for f in fs if f.get("type") == "error"]) >= 4 or None)
+    assert all(f["code"] == "invalid_frame" for f in alice.of_type("error"))
+
+    bad_requests = [
+        ("POST", "/conversation", {"json": {"recipientIdArr": ["bob\u0000"], "isGroup": False}}),
+        ("POST", "/conversation", {"json": {"recipientIdArr": ["bob", "carol"], "isGroup": True, "title": "a\u0000"}}),
+        ("POST", "/conversation", {"data": '{"recipientIdArr":["\\udc00"],"isGroup":false}'}),
+        ("POST", "/conversation", {"data": "[" * 3000 + "]" * 3000}),
+        ("POST", "/conversation", {"data": '{"recipientIdArr":["bob"],"isGroup":false,"n":' + str(2**80) + "}"}),
+        ("GET", "/conversation/direct/bo%00b", {}),
+        ("GET", f"/conversations/{cid}/messages?limit=%C2%B2&offset=0", {}),  # ²
+        ("GET", f"/conversations/{cid}/messages?limit=10&offset=--5", {}),
+        ("GET", f"/conversations/{cid}/messages?limit=10&beforeSeq={2**64}", {}),
+    ]
+    for method, path, kw in bad_requests:
+        status, body = await rest(system, method, path, **kw)
+        assert status == 400 and body["error"] == "bad_request", (path, status, body)
+    assert await system.count_messages() == 0
+    conn = await system.db()
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM conversations") == 1
+    finally:
+        await conn.close()
+    for service in system.services:
+        assert '"request_failed"' not in service.output()  # no handler crashed
+
+
+async def test_one_user_holds_at_most_10_sockets_across_gateways(system):
+    await system.start_all(gateways=2)
+    opened, refused = [], []
+    for i in range(14):
+        session = aiohttp.ClientSession()
+        gateway = system.of("gateway")[i % 2]
+        try:
+            ws = await session.ws_connect(f"{gateway.url}/?Authorization={token('mallory')}")
+            opened.append(WsClient(ws, session, "mallory"))
+        except aiohttp.WSServerHandshakeError as exc:
+            refused.append(exc.status)
+            await session.close()
+    assert len(opened) == 10 and refused == [429] * 4
+    bystander = await system.connect("bob", gateway=1)  # another user is not affected
+    await bystander.send({"action": "heartbeat"})
+    await opened[0].close()
+    await asyncio.sleep(0.5)
+    again = await system.connect("mallory")  # a closed socket frees its place
+    for client in [*opened[1:], again]:
+        await client.close()
+
+
+async def test_a_flood_from_one_user_costs_that_user_alone(system):
+    await system.start_all()
+    mallory = await system.connect("mallory")
+    carol = await system.connect("carol")  # shares a conversation with mallory
+    bob, dave = await system.connect("bob"), await system.connect("dave")
+    victim = await system.conversation(["mallory", "carol"])
+    bystanders = await system.conversation(["bob", "dave"])
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+
+    async def chat() -> None:
+        for i in range(20):
+            started = loop.time()
+            await bob.send_message(bystanders, f"hello {i}", temp_id=f"b{i}")
+            await dave.wait_frame(type="new-message", tempMessageId=f"b{i}")
+            latencies.append(loop.time() - started)
+            await asyncio.sleep(0.1)
+
+    async def flood() -> None:
+        for i in range(4000):
+            if i % 2:
+                frame = {"action": "read-messages", "conversationId": str(victim)}
+            else:
+                frame = {"action": "typing", "conversationId": str(uuid.uuid4())}
+            try:
+                await mallory.send(frame)
+            except (ConnectionError, RuntimeError, aiohttp.ClientError):
+                return  # the gateway closed mallory's socket
+
+    await asyncio.gather(chat(), flood())
+    assert await mallory.wait_closed() == 1008
+    assert any(f["code"] == "rate_limited" for f in mallory.of_type("error"))
+    assert max(latencies) < 1.0, latencies  # the bystanders' messages did not wait for the flood
+    await asyncio.sleep(1)
+    receipts = [f for f in carol.frames if f.get("type") == "read-receipt"]
+    assert len(receipts) <= 1  # nothing to read: no transaction, no receipt per read frame
+    assert len(echoes(bob)) == 20 and not bob.of_type("error")
+
+
+async def test_an_expired_token_closes_the_socket_and_authenticate_moves_that_moment(system):
+    await system.start("writer")
+    await system.start("notifier")
+    await system.start("gateway", env={"CHAT_TOKEN_GRACE_SECONDS": "1"})
+    short = await system.connect("alice", token_value=token("alice", ttl=2))
+    kept = await system.connect("alice", token_value=token("alice", ttl=2))
+    await kept.send({"action": "authenticate", "token": "not-a-token"})
+    error = await kept.wait_frame(type="error", action="authenticate")
+    assert error["code"] == "unauthorized"
+    await kept.send({"action": "authenticate", "token": token("alice", ttl=60)})
+    started = time.monotonic()
+    while time.monotonic() - started < 4.5:  # heartbeats do not keep an expired token alive
+        for client in (short, kept):
+            if client.closed_code is None:
+                await client.send({"action": "heartbeat"})
+        await asyncio.sleep(0.5)
+    assert await short.wait_closed(timeout=1) == 4001
+    assert kept.closed_code is None  # its new token moved its end
+    await kept.send({"action": "authenticate", "token": token("mallory", ttl=60)})
+    assert await kept.wait_closed() == 1008  # a token of another user ends the connection
+
+
+async def test_a_gateway_cut_off_from_redis_closes_its_sockets_with_1012(system):
+    """Redis unreachable from one gateway for longer than a lease: its clients are told to
+    reconnect (1012) rather than wait on sockets that events can no longer find."""
+    proxy = await TcpProxy.start("127.0.0.1", system.stack.redis.port)
+    try:
+        await system.start_all(gateways=0)
+        await system.start("gateway", env={"CHAT_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/{system.redis_db}"})
+        alice = await system.connect("alice")
+        client = aioredis.Redis.from_url(system.stack.redis.url(system.redis_db))
+        try:
+            assert 0 < await client.ttl("chat:registry:since") <= 60  # the marker lapses with the leases
+        finally:
+            await client.aclose()
+        await proxy.cut()
+        assert await alice.wait_closed(timeout=45) == 1012
+    finally:
+        await proxy.cut()
+
+
+class TcpProxy:
+    """A loopback TCP forwarder the test can cut, like a network split."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    @classmethod
+    async def start(cls, host: str, port: int) -> "TcpProxy":
+        proxy = cls()
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+            proxy.writers += [writer, up_writer]
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        proxy.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        proxy.port = proxy.server.sockets[0].getsockname()[1]
+        return proxy
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+
+async def test_a_temp_id_reused_in_another_conversation_is_refused_not_echoed(system):
+    await system.start_all()
+    alice, bob, carol = [await system.connect(u) for u in ("alice", "bob", "carol")]
+    with_bob = await system.conversation(["alice", "bob"])
+    with_carol = await system.conversation(["alice", "carol"])
+    await alice.send_message(with_bob, "for bob only", temp_id="k1")
+    await bob.wait_frame(type="new-message", tempMessageId="k1")
+    await alice.send_message(with_carol, "for carol", temp_id="k1")
+    error = await alice.wait_frame(type="error", tempMessageId="k1")
+    assert error["code"] == "invalid_frame"
+    await asyncio.sleep(0.5)
+    assert not carol.of_type("new-message")  # carol never sees the message meant for bob
+    assert json.dumps(carol.frames).count("for bob only") == 0
