@@ -40,8 +40,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-lint: venv ## pyflakes-class errors and likely bugs (ruff)
+lint: venv ## ruff (lint, import order, format check) and mypy --strict on the five packages
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 token: venv ## print a development token: make token USER=alice
 	@$(VENV)/bin/chat-dev-token $(USER)

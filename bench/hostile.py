@@ -31,11 +31,10 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack, wait_ready  # noqa: E402
+from shared.devstack import Stack, spawn_service, stop_processes, wait_ready  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
-BIN = Path(sys.executable).parent
 
 
 def rss_kib(pid: int) -> int:
@@ -53,8 +52,14 @@ def hostile(i: int) -> str:
     if kind == 1:
         return json.dumps({"action": "read-messages", "conversationId": cid})
     if kind == 2:
-        return json.dumps({"action": "send-message", "tempMessageId": f"h{i}", "conversationId": cid,
-                           "content": "nul \u0000 " + "x" * 200})
+        return json.dumps(
+            {
+                "action": "send-message",
+                "tempMessageId": f"h{i}",
+                "conversationId": cid,
+                "content": "nul \u0000 " + "x" * 200,
+            }
+        )
     if kind == 3:
         return '{"action":"heartbeat","x":' + "[" * 20000 + "]" * 20000 + "}"
     if kind == 4:
@@ -70,12 +75,18 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.to_thread(stack.start)
         dsn = stack.postgres.dsn()
         await migrate(dsn)
-        env = {**os.environ, "CHAT_DATABASE_URL": dsn, "CHAT_AMQP_URL": stack.rabbitmq.url(),
-               "CHAT_REDIS_URL": stack.redis.url(), "CHAT_JWT_SECRET": SECRET, "CHAT_HOST": "127.0.0.1",
-               "CHAT_LOG_LEVEL": "warning", "CHAT_PARTITIONS": "4"}
+        env = {
+            **os.environ,
+            "CHAT_DATABASE_URL": dsn,
+            "CHAT_AMQP_URL": stack.rabbitmq.url(),
+            "CHAT_REDIS_URL": stack.redis.url(),
+            "CHAT_JWT_SECRET": SECRET,
+            "CHAT_HOST": "127.0.0.1",
+            "CHAT_LOG_LEVEL": "warning",
+            "CHAT_PARTITIONS": "4",
+        }
         for name, port in (("writer", 25501), ("notifier", 25502), ("gateway", 25503)):
-            procs.append(subprocess.Popen([str(BIN / f"chat-{name}")], env={**env, "CHAT_PORT": str(port)},
-                                          stdout=open(state / f"{name}.log", "ab"), stderr=subprocess.STDOUT))
+            procs.append(spawn_service(name, {**env, "CHAT_PORT": str(port)}, state / f"{name}.log"))
         for port, proc in zip((25501, 25502, 25503), procs):
             await wait_ready(f"http://127.0.0.1:{port}", proc=proc)
         gateway = procs[2]
@@ -120,23 +131,23 @@ async def main_async(args: argparse.Namespace) -> None:
                 task.cancel()
             gc.collect()
         n = len(sockets)
-        print(f"# {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}; "
-              f"{n} connections, {sent} hostile frames spread over them")
+        print(
+            f"# {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"{n} connections, {sent} hostile frames spread over them"
+        )
         print(f"gateway RSS before connecting: {base / 1024:.1f} MiB")
         print(f"after {n} connections: {connected / 1024:.1f} MiB ({(connected - base) / n:.1f} KiB per connection)")
         print(f"after {sent // 2} hostile frames: {after / 1024:.1f} MiB ({(after - base) / n:.1f} KiB per connection)")
-        print(f"after {sent} hostile frames: {rounds[1] / 1024:.1f} MiB ({(rounds[1] - base) / n:.1f} KiB per connection); "
-              f"{open_after} of {n} sockets still open")
-        print(f"one socket flooding alone: closed with {flood_close} after {flood_sent} frames sent; "
-              f"gateway RSS {final / 1024:.1f} MiB")
+        print(
+            f"after {sent} hostile frames: {rounds[1] / 1024:.1f} MiB ({(rounds[1] - base) / n:.1f} KiB per connection); "
+            f"{open_after} of {n} sockets still open"
+        )
+        print(
+            f"one socket flooding alone: closed with {flood_close} after {flood_sent} frames sent; "
+            f"gateway RSS {final / 1024:.1f} MiB"
+        )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await asyncio.to_thread(stop_processes, procs)
         await asyncio.to_thread(stack.stop)
         shutil.rmtree(state, ignore_errors=True)
 

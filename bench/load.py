@@ -36,7 +36,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack, wait_ready  # noqa: E402
+from shared.devstack import Stack, spawn_service, stop_processes, wait_ready  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.service import install_uvloop  # noqa: E402
 
@@ -106,8 +106,11 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
             temp_id = f"{i}-{rate}-{n}"
             n += 1
             stats.sent_at[temp_id] = time.perf_counter_ns()
-            await ws.send_str(msgspec.json.encode({"action": "send-message", "tempMessageId": temp_id,
-                                                   "conversationId": cid, "content": "x" * 40}).decode())
+            await ws.send_str(
+                msgspec.json.encode(
+                    {"action": "send-message", "tempMessageId": temp_id, "conversationId": cid, "content": "x" * 40}
+                ).decode()
+            )
             sent += 1
             next_at += per_user_interval
 
@@ -119,9 +122,14 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
         await asyncio.sleep(0.05)
     delivered = stats.delivered - start_delivered
     return {
-        "rate": rate, "sent": sent, "send_rate": round(sent / send_seconds, 1),
-        "delivered_per_s": round(delivered / send_seconds, 1), "expected": expected, "lost": expected - delivered,
-        "p50_ms": round(percentile(stats.latencies, 50), 1), "p99_ms": round(percentile(stats.latencies, 99), 1),
+        "rate": rate,
+        "sent": sent,
+        "send_rate": round(sent / send_seconds, 1),
+        "delivered_per_s": round(delivered / send_seconds, 1),
+        "expected": expected,
+        "lost": expected - delivered,
+        "p50_ms": round(percentile(stats.latencies, 50), 1),
+        "p99_ms": round(percentile(stats.latencies, 99), 1),
         "errors": dict(stats.errors),
     }
 
@@ -137,8 +145,13 @@ async def work_done(session: aiohttp.ClientSession, ports: dict[str, list[int]])
         for port in plist:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                 text = await response.text()
-            out[name].append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                 if line.startswith(WORK_METRIC[name] + " ")))
+            out[name].append(
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith(WORK_METRIC[name] + " ")
+                )
+            )
     return out
 
 
@@ -156,17 +169,23 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.to_thread(stack.start)
         dsn = stack.postgres.dsn()
         await migrate(dsn)
-        env = {**os.environ, "CHAT_DATABASE_URL": dsn, "CHAT_AMQP_URL": stack.rabbitmq.url(),
-               "CHAT_REDIS_URL": stack.redis.url(), "CHAT_JWT_SECRET": SECRET, "CHAT_HOST": "127.0.0.1",
-               "CHAT_LOG_LEVEL": "warning", "CHAT_PARTITIONS": str(args.partitions)}
+        env = {
+            **os.environ,
+            "CHAT_DATABASE_URL": dsn,
+            "CHAT_AMQP_URL": stack.rabbitmq.url(),
+            "CHAT_REDIS_URL": stack.redis.url(),
+            "CHAT_JWT_SECRET": SECRET,
+            "CHAT_HOST": "127.0.0.1",
+            "CHAT_LOG_LEVEL": "warning",
+            "CHAT_PARTITIONS": str(args.partitions),
+        }
         gateway_ports = []
         ports: dict[str, list[int]] = {"writer": [], "notifier": []}
         port = 26500
         for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
             for _ in range(count):
                 port += 1
-                procs.append(subprocess.Popen([str(BIN / f"chat-{name}")], env={**env, "CHAT_PORT": str(port)},
-                                              stdout=open(state / f"{name}-{port}.log", "ab"), stderr=subprocess.STDOUT))
+                procs.append(spawn_service(name, {**env, "CHAT_PORT": str(port)}, state / f"{name}-{port}.log"))
                 if name == "gateway":
                     gateway_ports.append(port)
                 else:
@@ -174,17 +193,20 @@ async def main_async(args: argparse.Namespace) -> None:
         for p, proc in zip(range(26501, port + 1), procs):
             await wait_ready(f"http://127.0.0.1:{p}", proc=proc)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
             users = [f"u{i}" for i in range(args.users)]
             conversations = []
             conn = await asyncpg.connect(dsn)
             for g in range(0, len(users), args.size):
                 cid = uuid.uuid4()
-                members = users[g:g + args.size]
-                await conn.execute("INSERT INTO conversations (id, title, is_group, created_by) VALUES ($1,'b',true,$2)",
-                                   cid, members[0])
-                await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
-                                       [(cid, m) for m in members])
+                members = users[g : g + args.size]
+                await conn.execute(
+                    "INSERT INTO conversations (id, title, is_group, created_by) VALUES ($1,'b',true,$2)",
+                    cid,
+                    members[0],
+                )
+                await conn.executemany(
+                    "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)", [(cid, m) for m in members]
+                )
                 conversations.append(str(cid))
             await conn.close()
 
@@ -192,29 +214,40 @@ async def main_async(args: argparse.Namespace) -> None:
             conns = []
             for i, user in enumerate(users):
                 gw = gateway_ports[i % len(gateway_ports)]
-                ws = await session.ws_connect(f"http://127.0.0.1:{gw}/?Authorization={mint(SECRET, user)}",
-                                              max_msg_size=0)
+                ws = await session.ws_connect(
+                    f"http://127.0.0.1:{gw}/?Authorization={mint(SECRET, user)}", max_msg_size=0
+                )
                 conns.append(ws)
             readers = [asyncio.create_task(reader(i, ws, stats)) for i, ws in enumerate(conns)]
             await asyncio.sleep(13)  # the registry is trusted after one full lease-refresh interval
 
             rates = [float(r) for r in args.step.split(",")] if args.step else [args.rate]
             best = None
-            print(f"# {args.users} users, conversations of {args.size}, {args.gateways} gateway(s), "
-                  f"{args.writers} writer(s), {args.notifiers} notifier(s), {args.seconds}s per step; "
-                  f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+            print(
+                f"# {args.users} users, conversations of {args.size}, {args.gateways} gateway(s), "
+                f"{args.writers} writer(s), {args.notifiers} notifier(s), {args.seconds}s per step; "
+                f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
+                flush=True,
+            )
             print("rate  sent/s  delivered/s  p50_ms  p99_ms  lost  errors", flush=True)
             work = await work_done(session, ports)
             for rate in rates:
                 stats.errors.clear()
                 result = await run_step(conns, conversations, args.size, rate, args.seconds, stats)
-                print(f"{result['rate']:>5.0f} {result['send_rate']:>7} {result['delivered_per_s']:>12} "
-                      f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['lost']:>5}  {result['errors'] or ''}",
-                      flush=True)
+                print(
+                    f"{result['rate']:>5.0f} {result['send_rate']:>7} {result['delivered_per_s']:>12} "
+                    f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['lost']:>5}  {result['errors'] or ''}",
+                    flush=True,
+                )
                 now = await work_done(session, ports)
-                print("      work split: " + "; ".join(
-                    f"{name}s " + " / ".join(f"{share:.0%}" for share in shares(work[name], now[name]))
-                    for name in ports), flush=True)
+                print(
+                    "      work split: "
+                    + "; ".join(
+                        f"{name}s " + " / ".join(f"{share:.0%}" for share in shares(work[name], now[name]))
+                        for name in ports
+                    ),
+                    flush=True,
+                )
                 work = now
                 ok = result["p99_ms"] <= 200 and result["lost"] == 0 and not result["errors"]
                 if ok:
@@ -229,13 +262,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for task in readers:
                 task.cancel()
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await asyncio.to_thread(stop_processes, procs)
         await asyncio.to_thread(stack.stop)
         shutil.rmtree(state, ignore_errors=True)
 

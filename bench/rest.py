@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from query import store  # noqa: E402
 from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack, wait_ready  # noqa: E402
+from shared.devstack import Stack, spawn_service, stop_processes, wait_ready  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.service import install_uvloop  # noqa: E402
 
@@ -38,26 +38,45 @@ BIN = Path(sys.executable).parent
 
 # (statement, the arguments it takes): conversations, mine, per_conversation
 SEED = [
-    ("""INSERT INTO conversations (id, title, is_group, created_by, direct_key)
+    (
+        """INSERT INTO conversations (id, title, is_group, created_by, direct_key)
         SELECT gen_random_uuid(), NULL, false, 'me', 'c' || g FROM generate_series(1, $1::int) g""",
-     ("conversations",)),
-    ("""INSERT INTO participants (conversation_id, user_id)
+        ("conversations",),
+    ),
+    (
+        """INSERT INTO participants (conversation_id, user_id)
         SELECT id, CASE WHEN rn <= $1::int THEN 'me' ELSE 'user' || rn END
-        FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c""", ("mine",)),
-    ("""INSERT INTO participants (conversation_id, user_id)
-        SELECT id, 'peer' || rn FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c""", ()),
-    ("""INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)
+        FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c""",
+        ("mine",),
+    ),
+    (
+        """INSERT INTO participants (conversation_id, user_id)
+        SELECT id, 'peer' || rn FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c""",
+        (),
+    ),
+    (
+        """INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)
         SELECT c.id, s, gen_random_uuid(), CASE WHEN s % 2 = 0 THEN 'peer' || c.rn ELSE 'x' || c.rn END,
                c.rn || '-' || s, 'message number ' || s, now() - make_interval(secs => ($1::int - s) * 60 + c.rn)
         FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c, generate_series(1, $1::int) s""",
-     ("per_conversation",)),
-    ("""UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,
+        ("per_conversation",),
+    ),
+    (
+        """UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,
                last_sender_id = m.sender_id, last_content = m.content
-        FROM messages m WHERE m.conversation_id = c.id AND m.seq = $1::int""", ("per_conversation",)),
-    ("""UPDATE participants p SET last_sent_at = c.last_sent_at FROM conversations c
-        WHERE c.id = p.conversation_id""", ()),
-    ("""UPDATE participants p SET last_read_seq = abs(hashtext(p.conversation_id::text)) % $1::int
-        WHERE p.user_id = 'me'""", ("per_conversation",)),
+        FROM messages m WHERE m.conversation_id = c.id AND m.seq = $1::int""",
+        ("per_conversation",),
+    ),
+    (
+        """UPDATE participants p SET last_sent_at = c.last_sent_at FROM conversations c
+        WHERE c.id = p.conversation_id""",
+        (),
+    ),
+    (
+        """UPDATE participants p SET last_read_seq = abs(hashtext(p.conversation_id::text)) % $1::int
+        WHERE p.user_id = 'me'""",
+        ("per_conversation",),
+    ),
     ("ANALYZE", ()),
 ]
 
@@ -104,8 +123,13 @@ async def hammer(session: aiohttp.ClientSession, urls: list[str], make_path, cli
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "rps": round(len(latencies) / elapsed, 1), "errors": errors,
-            "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2)}
+    return {
+        "requests": len(latencies),
+        "rps": round(len(latencies) / elapsed, 1),
+        "errors": errors,
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+    }
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -118,15 +142,23 @@ async def main_async(args: argparse.Namespace) -> None:
         await migrate(dsn)
         started = time.perf_counter()
         mine = await seed(dsn, args.conversations, args.mine, args.messages // args.conversations)
-        print(f"# seeded {args.messages} messages in {args.conversations} conversations "
-              f"in {time.perf_counter() - started:.0f} s", flush=True)
-        env = {**os.environ, "CHAT_DATABASE_URL": dsn, "CHAT_AMQP_URL": stack.rabbitmq.url(),
-               "CHAT_JWT_SECRET": SECRET, "CHAT_HOST": "127.0.0.1", "CHAT_LOG_LEVEL": "warning"}
+        print(
+            f"# seeded {args.messages} messages in {args.conversations} conversations "
+            f"in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        env = {
+            **os.environ,
+            "CHAT_DATABASE_URL": dsn,
+            "CHAT_AMQP_URL": stack.rabbitmq.url(),
+            "CHAT_JWT_SECRET": SECRET,
+            "CHAT_HOST": "127.0.0.1",
+            "CHAT_LOG_LEVEL": "warning",
+        }
         urls = []
         for i in range(args.instances):
             port = 26601 + i
-            procs.append(subprocess.Popen([str(BIN / "chat-query")], env={**env, "CHAT_PORT": str(port)},
-                                          stdout=open(state / f"query-{port}.log", "ab"), stderr=subprocess.STDOUT))
+            procs.append(spawn_service("query", {**env, "CHAT_PORT": str(port)}, state / f"query-{port}.log"))
             urls.append(f"http://127.0.0.1:{port}")
         for url, proc in zip(urls, procs):
             await wait_ready(url, proc=proc)
@@ -134,21 +166,27 @@ async def main_async(args: argparse.Namespace) -> None:
             cases = {
                 "GET /conversations (1,000 conversations)": lambda: "/conversations",
                 "GET /conversations?limit=20": lambda: "/conversations?limit=20",
-                "GET /conversations/{id}/messages?limit=50&offset=0": lambda: f"/conversations/{random.choice(mine)}/messages?limit=50&offset=0",
-                "GET /conversations/{id}/messages?limit=50&beforeSeq=N": lambda: f"/conversations/{random.choice(mine)}/messages?limit=50&beforeSeq={random.randint(51, 100)}",
+                "GET /conversations/{id}/messages?limit=50&offset=0": lambda: (
+                    f"/conversations/{random.choice(mine)}/messages?limit=50&offset=0"
+                ),
+                "GET /conversations/{id}/messages?limit=50&beforeSeq=N": lambda: (
+                    f"/conversations/{random.choice(mine)}/messages?limit=50&beforeSeq={random.randint(51, 100)}"
+                ),
             }
-            print(f"# {args.clients} clients, {args.instances} query instance(s), {args.seconds}s per endpoint; "
-                  f"{os.cpu_count()} cores")
+            print(
+                f"# {args.clients} clients, {args.instances} query instance(s), {args.seconds}s per endpoint; "
+                f"{os.cpu_count()} cores"
+            )
             print(f"{'endpoint':58} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
             for name, path in cases.items():
                 await hammer(session, urls, path, args.clients, 2)  # warm-up
                 result = await hammer(session, urls, path, args.clients, args.seconds)
-                print(f"{name:58} {result['rps']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8} {result['errors']:>6}",
-                      flush=True)
+                print(
+                    f"{name:58} {result['rps']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8} {result['errors']:>6}",
+                    flush=True,
+                )
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(20)
+        await asyncio.to_thread(stop_processes, procs)
         await asyncio.to_thread(stack.stop)
         shutil.rmtree(state, ignore_errors=True)
 

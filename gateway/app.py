@@ -7,11 +7,13 @@ close sockets with 1001 -> stop consuming deliveries -> drop leases -> close bro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import log as logging, topology
+from shared import log as logging
+from shared import topology
 from shared.amqp import PREFETCH, Broker
 from shared.auth import TokenVerifier
 from shared.ops import access_log, add_routes
@@ -48,12 +50,18 @@ def create_app(settings: Settings) -> web.Application:
     broker = Broker(settings.amqp_url or "", name=f"gateway:{settings.instance_id}", setup=setup, on_fatal=fatal)
     assert settings.jwt is not None
     gw = Gateway(
-        settings=settings, readiness=readiness, verifier=TokenVerifier(settings.jwt), redis=redis,
-        registry=Registry(redis), broker=broker, publisher=CommandPublisher(broker, settings.partitions), hub=hub,
+        settings=settings,
+        readiness=readiness,
+        verifier=TokenVerifier(settings.jwt),
+        redis=redis,
+        registry=Registry(redis),
+        broker=broker,
+        publisher=CommandPublisher(broker, settings.partitions),
+        hub=hub,
     )
     app[GATEWAY] = gw
 
-    async def resources(app: web.Application):  # type: ignore[no-untyped-def]
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         broker.start()
         gw.publisher.start()
         refresher = asyncio.create_task(renew_leases(gw), name="lease-renewal")

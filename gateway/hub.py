@@ -22,8 +22,9 @@ CLOSE_TIMEOUT = 5.0
 
 CONNECTIONS = prometheus_client.Gauge("chat_gateway_connections", "Open WebSocket connections")
 FRAMES_SENT = prometheus_client.Counter("chat_gateway_frames_sent_total", "Frames written to sockets")
-SLOW_CLOSED = prometheus_client.Counter("chat_gateway_slow_consumers_closed_total",
-                                        "Connections closed with 1013 because they could not keep up")
+SLOW_CLOSED = prometheus_client.Counter(
+    "chat_gateway_slow_consumers_closed_total", "Connections closed with 1013 because they could not keep up"
+)
 
 
 class Connection:
@@ -36,7 +37,7 @@ class Connection:
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.sent = 0
         self._writer: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[bool] | None = None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._drain(), name=f"ws-writer:{self.id}")

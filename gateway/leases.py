@@ -23,8 +23,10 @@ log = logging.get(__name__)
 SERVICE_RESTART = 1012
 MARGIN_SECONDS = 5.0  # close this long before the oldest lease would lapse
 
-LAPSED = prometheus_client.Counter("chat_gateway_lease_lapse_closes_total",
-                                   "Times every socket was closed with 1012 because leases could not be renewed")
+LAPSED = prometheus_client.Counter(
+    "chat_gateway_lease_lapse_closes_total",
+    "Times every socket was closed with 1012 because leases could not be renewed",
+)
 
 
 async def renew_leases(gw: Gateway) -> None:

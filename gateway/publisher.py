@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import prometheus_client
 
-from shared import envelope, log as logging, topology
+from shared import envelope, topology
+from shared import log as logging
 from shared.amqp import Broker, Unavailable
 from shared.envelope import Command, Commands
 from shared.tasks import cancel_and_wait
@@ -25,18 +26,22 @@ from shared.tasks import cancel_and_wait
 log = logging.get(__name__)
 FailureCallback = Callable[[str], None]
 
-FLUSH_SIZE = prometheus_client.Histogram("chat_gateway_flush_commands", "Commands per flush",
-                                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+FLUSH_SIZE = prometheus_client.Histogram(
+    "chat_gateway_flush_commands", "Commands per flush", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+)
 MAX_PENDING = 10_000  # commands waiting for a flush, all sockets together
-PENDING_FULL = prometheus_client.Counter("chat_gateway_commands_refused_full_total",
-                                         "Commands refused because too many were waiting for the broker")
-PUBLISH_FAILED = prometheus_client.Counter("chat_gateway_commands_unavailable_total",
-                                           "Commands the broker could not take")
+PENDING_FULL = prometheus_client.Counter(
+    "chat_gateway_commands_refused_full_total", "Commands refused because too many were waiting for the broker"
+)
+PUBLISH_FAILED = prometheus_client.Counter(
+    "chat_gateway_commands_unavailable_total", "Commands the broker could not take"
+)
 
 
 class CommandPublisher:
-    def __init__(self, broker: Broker, partitions: int, *, max_batch: int = 1000,
-                 max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self, broker: Broker, partitions: int, *, max_batch: int = 1000, max_pending: int = MAX_PENDING
+    ) -> None:
         self.broker = broker
         self.partitions = partitions
         self.max_batch = max_batch

@@ -15,7 +15,8 @@ import uuid
 
 import prometheus_client
 
-from shared import frames, log as logging
+from shared import frames
+from shared import log as logging
 from shared.auth import AuthError, AuthUnavailable, Identity
 from shared.envelope import Command, Origin, ReadMessages, SendMessage, StartTyping
 
@@ -31,10 +32,12 @@ TYPING_REMEMBERED = 64  # conversations whose last typing time a session keeps
 
 FRAMES_IN = prometheus_client.Counter("chat_gateway_frames_received_total", "Client frames", ["action"])
 FRAME_ERRORS = prometheus_client.Counter("chat_gateway_frame_errors_total", "Client frames refused", ["code"])
-CLOSED_ABUSIVE = prometheus_client.Counter("chat_gateway_abusive_closed_total",
-                                           "Connections closed with 1008 for going on past their limits")
-CLOSED_EXPIRED = prometheus_client.Counter("chat_gateway_expired_closed_total",
-                                           "Connections closed with 4001 when their token expired")
+CLOSED_ABUSIVE = prometheus_client.Counter(
+    "chat_gateway_abusive_closed_total", "Connections closed with 1008 for going on past their limits"
+)
+CLOSED_EXPIRED = prometheus_client.Counter(
+    "chat_gateway_expired_closed_total", "Connections closed with 4001 when their token expired"
+)
 
 
 class Session:
@@ -100,12 +103,22 @@ class Session:
             FRAMES_IN.labels("authenticate").inc()
             self._authenticate(frame.token)
         elif isinstance(frame, frames.SendFrame):
-            self._command("send-message", SendMessage(
-                user_id=self.user_id, conversation_id=frame.conversation_id, temp_message_id=frame.temp_message_id,
-                content=frame.content, origin=self.origin), frame.temp_message_id)
+            self._command(
+                "send-message",
+                SendMessage(
+                    user_id=self.user_id,
+                    conversation_id=frame.conversation_id,
+                    temp_message_id=frame.temp_message_id,
+                    content=frame.content,
+                    origin=self.origin,
+                ),
+                frame.temp_message_id,
+            )
         elif isinstance(frame, frames.ReadFrame):
-            self._command("read-messages", ReadMessages(
-                user_id=self.user_id, conversation_id=frame.conversation_id, origin=self.origin))
+            self._command(
+                "read-messages",
+                ReadMessages(user_id=self.user_id, conversation_id=frame.conversation_id, origin=self.origin),
+            )
         elif isinstance(frame, frames.TypingFrame):
             self._typing(frame.conversation_id)
 
@@ -120,8 +133,11 @@ class Session:
         conn = self.conn
 
         def unavailable(reason: str) -> None:
-            conn.push(frames.error("unavailable", "could not accept this, retry", action=action,
-                                   temp_message_id=temp_message_id))
+            conn.push(
+                frames.error(
+                    "unavailable", "could not accept this, retry", action=action, temp_message_id=temp_message_id
+                )
+            )
 
         if not self.gw.publisher.submit(command, unavailable):
             unavailable("publisher full")
@@ -139,11 +155,11 @@ class Session:
         self.typing_at[conversation_id] = now
         if len(self.typing_at) > TYPING_REMEMBERED:
             del self.typing_at[next(iter(self.typing_at))]  # the oldest: the dict stays bounded
-        self.gw.publisher.submit(StartTyping(user_id=self.user_id, conversation_id=conversation_id,
-                                             origin=self.origin))
+        self.gw.publisher.submit(StartTyping(user_id=self.user_id, conversation_id=conversation_id, origin=self.origin))
 
-    def _refuse(self, code: str, message: str, *, action: str | None = None,
-                temp_message_id: str | None = None) -> None:
+    def _refuse(
+        self, code: str, message: str, *, action: str | None = None, temp_message_id: str | None = None
+    ) -> None:
         FRAME_ERRORS.labels(code).inc()
         self.conn.push(frames.error(code, message, action=action, temp_message_id=temp_message_id))
         self._strike(code)

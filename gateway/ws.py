@@ -51,7 +51,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limit = gw.settings.limits.max_connections_per_user
     try:
         admitted = await asyncio.wait_for(
-            gw.registry.admit(gw.settings.instance_id, identity.user_id, conn.id, limit), 3)
+            gw.registry.admit(gw.settings.instance_id, identity.user_id, conn.id, limit), 3
+        )
     except REDIS_ERRORS as exc:
         log.warning("ws_register_failed", error=exc.__class__.__name__)
         return _error_response(503, "unavailable", "connection registry unavailable, retry")
@@ -78,6 +79,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await asyncio.wait_for(gw.registry.unregister(gw.settings.instance_id, [(identity.user_id, conn.id)]), 2)
         except REDIS_ERRORS:
             pass  # the lease lapses on its own
-        log.info("ws_closed", conn=conn.id, user_frames=session.received, sent=conn.sent, close_code=ws.close_code,
-                 seconds=round(time.perf_counter() - opened, 3))
+        log.info(
+            "ws_closed",
+            conn=conn.id,
+            user_frames=session.received,
+            sent=conn.sent,
+            close_code=ws.close_code,
+            seconds=round(time.perf_counter() - opened, 3),
+        )
     return ws

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import envelope, log as logging, topology
+from shared import envelope, topology
+from shared import log as logging
 from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable, Unroutable
 from shared.events import Publisher
 from shared.membership import Membership
@@ -34,7 +36,8 @@ log = logging.get(__name__)
 DELIVERIES = prometheus_client.Counter("chat_deliveries_published_total", "Delivery batches sent to gateways", ["mode"])
 FRAMES = prometheus_client.Counter("chat_frames_routed_total", "Frames routed to gateway instances")
 BATCH_SECONDS = prometheus_client.Histogram(
-    "chat_notifier_batch_seconds", "Route and publish one event batch",
+    "chat_notifier_batch_seconds",
+    "Route and publish one event batch",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
 
@@ -84,8 +87,9 @@ class Notifier:
             FRAMES.inc(len(items))
         elapsed = time.perf_counter() - started
         BATCH_SECONDS.observe(elapsed)
-        log.info("events_routed", events=len(events), gateways=len(deliveries), trusted=trusted,
-                 ms=round(elapsed * 1000, 2))
+        log.info(
+            "events_routed", events=len(events), gateways=len(deliveries), trusted=trusted, ms=round(elapsed * 1000, 2)
+        )
 
     async def rejected(self, event: envelope.Event, reason: str) -> None:
         """An event that cannot be routed is set aside (chat.dead has it); the others went on."""
@@ -107,7 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     group = PartitionGroup(broker, topology.event_queue, notifier)
     membership = Membership(redis, "notifier", settings.instance_id, settings.partitions, group.want)
 
-    async def resources(app: web.Application):  # type: ignore[no-untyped-def]
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         broker.start()
         beat = asyncio.create_task(membership.run(), name="membership")
         yield

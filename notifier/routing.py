@@ -26,25 +26,43 @@ def recipients(event: Event) -> list[tuple[str, list[str]]]:
     """The frames an event produces, each with the users who get it."""
     if isinstance(event, MessageStored):
         frame = frames.new_message(
-            message_id=event.message_id, temp_message_id=event.temp_message_id,
-            conversation_id=event.conversation_id, sender_id=event.sender_id, content=event.content,
-            sent_at=event.sent_at, seq=event.seq,
+            message_id=event.message_id,
+            temp_message_id=event.temp_message_id,
+            conversation_id=event.conversation_id,
+            sender_id=event.sender_id,
+            content=event.content,
+            sent_at=event.sent_at,
+            seq=event.seq,
         )
         return [(frame, event.participants)]
     if isinstance(event, ReadUpdated):
         others = [u for u in event.participants if u != event.user_id]
-        own = frames.read_messages(conversation_id=event.conversation_id, user_id=event.user_id,
-                                   last_read_seq=event.last_read_seq)
-        receipt = frames.read_receipt(conversation_id=event.conversation_id, user_id=event.user_id,
-                                      last_read_seq=event.last_read_seq)
+        own = frames.read_messages(
+            conversation_id=event.conversation_id, user_id=event.user_id, last_read_seq=event.last_read_seq
+        )
+        receipt = frames.read_receipt(
+            conversation_id=event.conversation_id, user_id=event.user_id, last_read_seq=event.last_read_seq
+        )
         return [(own, [event.user_id]), (receipt, others)]
     if isinstance(event, TypingStarted):
-        return [(frames.typing(conversation_id=event.conversation_id, user_id=event.user_id),
-                 [u for u in event.participants if u != event.user_id])]
+        return [
+            (
+                frames.typing(conversation_id=event.conversation_id, user_id=event.user_id),
+                [u for u in event.participants if u != event.user_id],
+            )
+        ]
     if isinstance(event, ConversationCreated):
-        return [(frames.conversation_created(conversation_id=event.conversation_id, title=event.title,
-                                             is_group=event.is_group, participant_ids=event.participants),
-                 event.participants)]
+        return [
+            (
+                frames.conversation_created(
+                    conversation_id=event.conversation_id,
+                    title=event.title,
+                    is_group=event.is_group,
+                    participant_ids=event.participants,
+                ),
+                event.participants,
+            )
+        ]
     return []
 
 
@@ -67,8 +85,7 @@ def plan(events: list[Event], located: dict[str, set[str]], trusted: bool) -> di
     out: dict[str | None, list[Delivery]] = defaultdict(list)
     for event in events:
         if isinstance(event, CommandRejected):
-            frame = frames.error(event.code, event.message, action=event.action,
-                                 temp_message_id=event.temp_message_id)
+            frame = frames.error(event.code, event.message, action=event.action, temp_message_id=event.temp_message_id)
             out[event.origin.instance].append(Delivery(frame=frame, users=[], conn=event.origin.conn))
             continue
         for frame, users in recipients(event):

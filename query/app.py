@@ -6,7 +6,7 @@ a participant gets 404, exactly as if the conversation did not exist.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from typing import Any
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import frames, log as logging, topology
+from shared import frames, topology
+from shared import log as logging
 from shared.amqp import Broker, Unavailable
 from shared.auth import AuthError, AuthUnavailable, TokenVerifier
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
@@ -30,6 +31,8 @@ from .responses import ApiError, error_response, json_response, read_json
 
 log = logging.get(__name__)
 MAX_BODY = 16 * 1024
+
+
 class Query:
     def __init__(self, settings: Settings, db: Database, broker: Broker, verifier: TokenVerifier) -> None:
         self.settings = settings
@@ -72,17 +75,19 @@ class Query:
         if row is None:
             raise ApiError(404, "not_found", "no such conversation")
         participants = list(row["participant_ids"])
-        return json_response({
-            "conversation_id": str(row["id"]),
-            "conversationId": str(row["id"]),
-            "title": row["title"],
-            "isGroup": row["is_group"],
-            "participantId": _other(participants, user),
-            "participantIds": participants,
-            "createdBy": row["created_by"],
-            "createdAt": frames.iso_utc(row["created_at"]),
-            "lastSeq": row["last_seq"],
-        })
+        return json_response(
+            {
+                "conversation_id": str(row["id"]),
+                "conversationId": str(row["id"]),
+                "title": row["title"],
+                "isGroup": row["is_group"],
+                "participantId": _other(participants, user),
+                "participantIds": participants,
+                "createdBy": row["created_by"],
+                "createdAt": frames.iso_utc(row["created_at"]),
+                "lastSeq": row["last_seq"],
+            }
+        )
 
     async def list_messages(self, request: web.Request) -> web.Response:
         """``GET /conversations/{id}/messages?limit=N&(offset=N|beforeSeq=N|afterSeq=N)[&order=asc|desc]``
@@ -96,11 +101,19 @@ class Query:
             rows = await store.history(conn, cid, user, page)
         if rows is None:
             raise ApiError(404, "not_found", "no such conversation")
-        return json_response([
-            {"messageId": str(r["id"]), "conversationId": str(r["conversation_id"]), "sentAt": frames.iso_utc(r["sent_at"]),
-             "senderId": r["sender_id"], "content": r["content"], "seq": r["seq"]}
-            for r in rows
-        ])
+        return json_response(
+            [
+                {
+                    "messageId": str(r["id"]),
+                    "conversationId": str(r["conversation_id"]),
+                    "sentAt": frames.iso_utc(r["sent_at"]),
+                    "senderId": r["sender_id"],
+                    "content": r["content"],
+                    "seq": r["seq"],
+                }
+                for r in rows
+            ]
+        )
 
     async def list_participants(self, request: web.Request) -> web.Response:
         """``GET /conversations/{id}/participants`` -> ``["alice", "bob"]`` (the caller included)."""
@@ -129,15 +142,23 @@ class Query:
         async with self.db.acquire() as conn:
             cid, created = await store.create(conn, user, new, datetime.now(timezone.utc))
         if created:
-            event = ConversationCreated(conversation_id=cid, title=new.title, is_group=new.is_group,
-                                        participants=sorted([user, *new.recipients]))
+            event = ConversationCreated(
+                conversation_id=cid,
+                title=new.title,
+                is_group=new.is_group,
+                participants=sorted([user, *new.recipients]),
+            )
             try:
                 await publish_events(self.broker, [event], self.settings.partitions)
             except Unavailable as exc:
                 # the conversation exists; only the live notice is missed (clients see it on their next list)
                 log.warning("conversation_created_not_announced", conversation_id=str(cid), error=str(exc))
-        log.info("conversation_created" if created else "conversation_found", conversation_id=str(cid),
-                 is_group=new.is_group, participants=len(new.recipients) + 1)
+        log.info(
+            "conversation_created" if created else "conversation_found",
+            conversation_id=str(cid),
+            is_group=new.is_group,
+            participants=len(new.recipients) + 1,
+        )
         return json_response({"conversationId": str(cid)})
 
 
@@ -186,8 +207,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return error_response(exc.status, code, exc.reason)
         raise
     except Exception:  # a bug: still JSON, and logged with its traceback
-        log.exception("request_failed", route=request.match_info.route.resource.canonical
-                      if request.match_info.route.resource else "unmatched")
+        log.exception(
+            "request_failed",
+            route=request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched",
+        )
         return error_response(500, "internal", "the server failed to answer this request")
 
 
@@ -207,11 +230,13 @@ def cors(allowed: frozenset[str]) -> Callable[..., Awaitable[web.StreamResponse]
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = web.Response(status=204 if origin else 403)
             if origin:
-                response.headers.update({
-                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                    "Access-Control-Max-Age": "600",
-                })
+                response.headers.update(
+                    {
+                        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                        "Access-Control-Max-Age": "600",
+                    }
+                )
         else:
             response = await handler(request)
         if origin:
@@ -240,6 +265,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[access_log, cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
     readiness = add_routes(app, "query", ops_port=settings.ops_port, host=settings.host)
     db = Database(settings.database_url or "")
+
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await topology.declare_events(channel, settings.partitions)  # conversation-created goes there
@@ -251,7 +277,7 @@ def create_app(settings: Settings) -> web.Application:
     api = Query(settings, db, broker, verifier)
     app[OPENAPI] = openapi_document()
 
-    async def resources_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
         db.start()
         broker.start()
         yield

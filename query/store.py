@@ -7,6 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.db import Conn
+
 from .paging import HistoryPage, ListPage, NewConversation, direct_key
 
 # Newest first straight from participants_user_recent_idx: a page reads `limit` index entries and
@@ -27,7 +29,7 @@ LIMIT $5
 """
 
 
-async def conversations(conn: asyncpg.Connection, user: str, page: ListPage) -> list[asyncpg.Record]:
+async def conversations(conn: Conn, user: str, page: ListPage) -> list[asyncpg.Record]:
     before_at, before_id = page.before if page.before else (None, None)
     return await conn.fetch(LIST, user, before_at, before_id, page.is_read, page.limit)
 
@@ -41,7 +43,7 @@ WHERE c.id = $1
 """
 
 
-async def conversation(conn: asyncpg.Connection, cid: uuid.UUID, user: str) -> asyncpg.Record | None:
+async def conversation(conn: Conn, cid: uuid.UUID, user: str) -> asyncpg.Record | None:
     """The conversation if ``user`` is in it; None otherwise (no existence leak)."""
     return await conn.fetchrow(ONE, cid, user)
 
@@ -59,17 +61,21 @@ FROM me LEFT JOIN LATERAL ({page}) m ON true
 """
 
 # Newest first, below $3 (beforeSeq) or, for PageNow's offset $4, below last_seq - offset + 1.
-NEWEST_FIRST = _MEMBER_PAGE.format(page="""
+NEWEST_FIRST = _MEMBER_PAGE.format(
+    page="""
     SELECT * FROM messages
     WHERE conversation_id = $1 AND seq < COALESCE($3::bigint, me.last_seq - $4::bigint + 1)
-    ORDER BY seq DESC LIMIT $5""")
+    ORDER BY seq DESC LIMIT $5"""
+)
 
 # Oldest first, after $3 (afterSeq: the catch-up after a reconnect).
-OLDEST_FIRST = _MEMBER_PAGE.format(page="""
-    SELECT * FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4""")
+OLDEST_FIRST = _MEMBER_PAGE.format(
+    page="""
+    SELECT * FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4"""
+)
 
 
-async def history(conn: asyncpg.Connection, cid: uuid.UUID, user: str, page: HistoryPage) -> list[asyncpg.Record] | None:
+async def history(conn: Conn, cid: uuid.UUID, user: str, page: HistoryPage) -> list[asyncpg.Record] | None:
     """A page of messages, or None when ``user`` is not in the conversation."""
     if page.newest_first:
         rows = await conn.fetch(NEWEST_FIRST, cid, user, page.below, page.offset or 0, page.limit)
@@ -88,15 +94,16 @@ ORDER BY o.user_id
 """
 
 
-async def participants(conn: asyncpg.Connection, cid: uuid.UUID, user: str) -> list[str]:
+async def participants(conn: Conn, cid: uuid.UUID, user: str) -> list[str]:
     return [r["user_id"] for r in await conn.fetch(PARTICIPANTS, cid, user)]
 
 
 DIRECT = "SELECT id FROM conversations WHERE direct_key = $1"
 
 
-async def direct(conn: asyncpg.Connection, user: str, other: str) -> uuid.UUID | None:
-    return await conn.fetchval(DIRECT, direct_key(user, other))
+async def direct(conn: Conn, user: str, other: str) -> uuid.UUID | None:
+    found: uuid.UUID | None = await conn.fetchval(DIRECT, direct_key(user, other))
+    return found
 
 
 INSERT_CONVERSATION = """
@@ -111,7 +118,7 @@ INSERT INTO participants (conversation_id, user_id) SELECT $1, u FROM unnest($2:
 """
 
 
-async def create(conn: asyncpg.Connection, caller: str, new: NewConversation, now: datetime) -> tuple[uuid.UUID, bool]:
+async def create(conn: Conn, caller: str, new: NewConversation, now: datetime) -> tuple[uuid.UUID, bool]:
     """Create the conversation, or find the pair's direct one; returns (id, created)."""
     key = None if new.is_group else direct_key(caller, new.recipients[0])
     async with conn.transaction():

@@ -28,8 +28,9 @@ def add_routes(app: web.Application, settings: Settings) -> None:
         "gateways": ["wss://..."]}``: the only gateways the page will send a token to (empty:
         the page's own host, port 8080)."""
         claim = settings.jwt.user_claim if settings.jwt else "cognito:username"
-        return json_response({"devLogin": settings.dev_login, "userClaim": claim,
-                              "gateways": list(settings.web_gateways)})
+        return json_response(
+            {"devLogin": settings.dev_login, "userClaim": claim, "gateways": list(settings.web_gateways)}
+        )
 
     async def dev_token(request: web.Request) -> web.Response:
         """``POST /dev/token`` with ``{"userId": "alice"}`` -> ``{"token": "<jwt>"}``.

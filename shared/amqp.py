@@ -55,10 +55,12 @@ QUEUE_HEADER = "x-chat-queue"
 
 RETRYING = prometheus_client.Gauge("chat_consumer_retrying", "1 while a consumer retries a batch", ["queue"])
 RETRIES = prometheus_client.Counter("chat_consumer_retries_total", "Retryable failures of a batch", ["kind"])
-DEAD_LETTERED = prometheus_client.Counter("chat_consumer_dead_lettered_total",
-                                          "Items or bodies set aside into chat.dead", ["kind"])
-ISOLATIONS = prometheus_client.Counter("chat_consumer_isolations_total",
-                                       "Batches split to isolate an item that failed", ["kind"])
+DEAD_LETTERED = prometheus_client.Counter(
+    "chat_consumer_dead_lettered_total", "Items or bodies set aside into chat.dead", ["kind"]
+)
+ISOLATIONS = prometheus_client.Counter(
+    "chat_consumer_isolations_total", "Batches split to isolate an item that failed", ["kind"]
+)
 
 
 class Unavailable(Exception):
@@ -132,10 +134,14 @@ def reason_of(exc: BaseException) -> str:
     return (f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__)[:500]
 
 
-async def isolate(items: list[T], handle: Callable[[list[T]], Awaitable[None]],
-                  poisoned: Callable[[T, str], Awaitable[None]], backoff: Backoff,
-                  on_retry: Callable[[BaseException], None] = lambda exc: None,
-                  on_split: Callable[[int], None] = lambda n: None) -> bool:
+async def isolate(
+    items: list[T],
+    handle: Callable[[list[T]], Awaitable[None]],
+    poisoned: Callable[[T, str], Awaitable[None]],
+    backoff: Backoff,
+    on_retry: Callable[[BaseException], None] = lambda exc: None,
+    on_split: Callable[[int], None] = lambda n: None,
+) -> bool:
     """Handle ``items`` so that an item that cannot be handled fails alone, in order.
 
     The whole list is tried first (the common case costs one call). A non-retryable failure
@@ -206,8 +212,15 @@ class Consumer(Generic[T]):
     own channel with one ``ack(multiple=True)``.
     """
 
-    def __init__(self, handler: Handler[T], dead_letter: DeadLetter, *, name: str, max_batch: int = PREFETCH,
-                 max_concurrent: int = 4) -> None:
+    def __init__(
+        self,
+        handler: Handler[T],
+        dead_letter: DeadLetter,
+        *,
+        name: str,
+        max_batch: int = PREFETCH,
+        max_concurrent: int = 4,
+    ) -> None:
         self.handler = handler
         self.dead_letter = dead_letter
         self.name = name
@@ -223,8 +236,9 @@ class Consumer(Generic[T]):
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.name}")
 
-    async def add(self, key: int | str, channel: AbstractChannel, queue: AbstractQueue,
-                  consumer_tag: str | None = None) -> None:
+    async def add(
+        self, key: int | str, channel: AbstractChannel, queue: AbstractQueue, consumer_tag: str | None = None
+    ) -> None:
         """Subscribe to ``queue`` on ``channel`` (this consumer's to close)."""
         source = Source(key, channel, queue)
         source.idle.set()
@@ -292,8 +306,9 @@ class Consumer(Generic[T]):
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batch_crashed", consumer=self.name, error=reason_of(task.exception()))  # type: ignore[arg-type]
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            log.error("batch_crashed", consumer=self.name, error=reason_of(failure))
         self._wake.set()
 
     def _take(self) -> list[tuple[Source, list[AbstractIncomingMessage]]]:
@@ -303,7 +318,7 @@ class Consumer(Generic[T]):
         self._next = (self._next + 1) % len(sources)
         batch: list[tuple[Source, list[AbstractIncomingMessage]]] = []
         room = self.max_batch
-        for source in sources[self._next:] + sources[: self._next]:
+        for source in sources[self._next :] + sources[: self._next]:
             if source.busy or source.closing or not source.inbox or room <= 0:
                 continue
             taken = [source.inbox.popleft() for _ in range(min(room, len(source.inbox)))]
@@ -333,8 +348,13 @@ class Consumer(Generic[T]):
         for source, messages, _ in parts:
             await _settle(messages[-1].ack(multiple=True))
             self._release(source)
-        log.debug("batch_processed", consumer=self.name, queues=len(parts), items=len(items),
-                  ms=round((time.perf_counter() - started) * 1000, 2))
+        log.debug(
+            "batch_processed",
+            consumer=self.name,
+            queues=len(parts),
+            items=len(items),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def _decode(self, source: Source, messages: list[AbstractIncomingMessage]) -> list[T]:
         items: list[T] = []
@@ -347,8 +367,9 @@ class Consumer(Generic[T]):
                 await self._dead_letter_retrying(message.body, reason_of(exc), source.queue.name)
         return items
 
-    async def _one(self, source: Source, messages: list[AbstractIncomingMessage], items: list[T],
-                   first: BaseException) -> None:
+    async def _one(
+        self, source: Source, messages: list[AbstractIncomingMessage], items: list[T], first: BaseException
+    ) -> None:
         """One queue's share of a failed batch: retried or isolated alone, then settled."""
         kind, queue = self.handler.kind, source.queue.name
         backoff = Backoff(stopping=self._stopping)
@@ -427,8 +448,15 @@ class PartitionGroup(Generic[T]):
     follows the broker's connection: ``attach`` on every (re)connect, ``stop`` on teardown.
     """
 
-    def __init__(self, broker: Broker, queue_name: Callable[[int], str], handler: Handler[T], *,
-                 prefetch: int = PREFETCH, max_concurrent: int = 4) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        queue_name: Callable[[int], str],
+        handler: Handler[T],
+        *,
+        prefetch: int = PREFETCH,
+        max_concurrent: int = 4,
+    ) -> None:
         self.broker = broker
         self.queue_name = queue_name
         self.handler = handler
@@ -450,8 +478,13 @@ class PartitionGroup(Generic[T]):
 
     async def attach(self, connection: AbstractConnection) -> None:
         self._connection = connection
-        self.consumer = Consumer(self.handler, self.broker.dead_letter, name=self.handler.kind,
-                                 max_batch=self.prefetch, max_concurrent=self.max_concurrent)
+        self.consumer = Consumer(
+            self.handler,
+            self.broker.dead_letter,
+            name=self.handler.kind,
+            max_batch=self.prefetch,
+            max_concurrent=self.max_concurrent,
+        )
         self.consumer.start()
         await self._sync()
         self._task = asyncio.create_task(self._reconcile(), name=f"partitions:{self.handler.kind}")
@@ -498,8 +531,9 @@ class PartitionGroup(Generic[T]):
 class Broker:
     """Supervises one AMQP connection: a confirmed publish channel plus the caller's consumers."""
 
-    def __init__(self, url: str, *, name: str, setup: Setup | None = None,
-                 on_fatal: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, url: str, *, name: str, setup: Setup | None = None, on_fatal: Callable[[str], None] | None = None
+    ) -> None:
         self.url = url
         self.name = name
         self.setup = setup
@@ -614,8 +648,16 @@ class Broker:
         """Set ``body`` aside in ``chat.dead`` with why and where from (raises Unavailable)."""
         await self.publish(DEAD, "", body, headers={REASON_HEADER: reason, QUEUE_HEADER: queue})
 
-    async def publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = False,
-                      timeout: float = PUBLISH_TIMEOUT, headers: dict[str, Any] | None = None) -> None:
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        mandatory: bool = False,
+        timeout: float = PUBLISH_TIMEOUT,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
         """Publish persistently and wait for the broker's confirm, within ``timeout``."""
         channel = self._channel
         if channel is None or channel.is_closed or not self.connected.is_set():

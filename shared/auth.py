@@ -43,8 +43,15 @@ class JwksCache:
       in use (an outage of the identity provider does not sign everyone out).
     """
 
-    def __init__(self, url: str, *, refresh_interval: float = 30.0, retry_after: float = 5.0,
-                 max_age: float = 300.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        refresh_interval: float = 30.0,
+        retry_after: float = 5.0,
+        max_age: float = 300.0,
+        timeout: float = 5.0,
+    ) -> None:
         self.url = url
         self.refresh_interval = refresh_interval
         self.retry_after = retry_after
@@ -164,7 +171,7 @@ class TokenVerifier:
             key = jwk.key
         else:
             key = self.settings.secret
-        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self.settings.audience is not None}
+        options: jwt.types.Options = {"require": ["exp"], "verify_aud": self.settings.audience is not None}
         try:
             claims = jwt.decode(
                 token,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from . import log as logging
 from .tasks import cancel_and_wait
@@ -26,6 +28,10 @@ TRANSIENT = (
     asyncpg.CrashShutdownError,
     asyncpg.UniqueViolationError,
 )
+
+
+# What the store functions take: a connection, or the pool's proxy for one (Database.acquire()).
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 class DatabaseUnavailable(Exception):
@@ -52,8 +58,11 @@ class Database:
         while True:
             try:
                 self.pool = await asyncpg.create_pool(
-                    self.dsn, min_size=self.min_size, max_size=self.max_size,
-                    command_timeout=self.command_timeout, timeout=5,
+                    self.dsn,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    command_timeout=self.command_timeout,
+                    timeout=5,
                     # no prepared-statement cache: safe behind pgbouncer in transaction mode (asyncpg #198)
                     statement_cache_size=0,
                 )
@@ -74,7 +83,7 @@ class Database:
         if self.pool is None:
             return False
         async with self.pool.acquire(timeout=2) as conn:
-            return await conn.fetchval("SELECT 1", timeout=2) == 1
+            return bool(await conn.fetchval("SELECT 1", timeout=2) == 1)
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def _chown(path: Path, user: str) -> None:
                 os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
-async def wait_ready(url: str, *, path: str = "/readyz", timeout: float = 30,
-                     proc: subprocess.Popen[bytes] | None = None) -> None:
+async def wait_ready(
+    url: str, *, path: str = "/readyz", timeout: float = 30, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Wait until a service answers 200 on ``path`` (its readiness by default)."""
     import asyncio
 
@@ -104,9 +106,20 @@ class Postgres:
         _chown(self.state, "postgres")
         if not (self.data / "PG_VERSION").exists():
             subprocess.run(
-                [*_as_user("postgres"), _pg_bin("initdb"), "-D", str(self.data), "-U", "chat", "--auth=trust",
-                 "-E", "UTF8", "--locale=C.UTF-8"],
-                check=True, stdout=subprocess.DEVNULL,
+                [
+                    *_as_user("postgres"),
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "chat",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
         options = f"-p {self.port} -k {self.state} -c listen_addresses=127.0.0.1 -c max_connections=300"
         if not self.fsync:
@@ -115,24 +128,44 @@ class Postgres:
         if pid_file.exists():  # left by a crash: pg_ctl start copes if the pid is dead
             self.stop()
         subprocess.run(
-            [*_as_user("postgres"), _pg_bin("pg_ctl"), "-D", str(self.data), "-o", options,
-             "-l", str(self.state / "postgres.log"), "-w", "-t", "60", "start"],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                *_as_user("postgres"),
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-l",
+                str(self.state / "postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         self.ensure_database("chat")
 
     def ensure_database(self, name: str, template: str | None = None) -> None:
         psql = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "chat", "-d", "postgres", "-tAq"]
-        exists = subprocess.run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-                                check=True, capture_output=True, text=True).stdout.strip()
+        exists = subprocess.run(
+            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if not exists:
             sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
             subprocess.run([*psql, "-c", sql], check=True)
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data / "postmaster.pid").exists():
-            subprocess.run([*_as_user("postgres"), _pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [*_as_user("postgres"), _pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def kill(self) -> None:
         """Crash the postmaster (SIGKILL), as a test of recovery."""
@@ -157,9 +190,26 @@ class Redis:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         log = open(self.state / "redis.log", "ab")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.state),
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.state),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         _wait_port(self.port, 20, self.proc)
 
@@ -211,8 +261,14 @@ class RabbitMQ:
         }
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RABBITMQCTL, "-n", self.node, *args], env=self._env(), check=check,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [RABBITMQCTL, "-n", self.node, *args],
+            env=self._env(),
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self) -> None:
         for sub in ("mnesia", "log"):
@@ -226,8 +282,9 @@ class RabbitMQ:
             _chown(self.state, "rabbitmq")
         log = open(self.state / "server.out", "ab")
         command = [RABBIT_SERVER] if IS_ROOT else ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
-        self.proc = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=str(self.state))
+        self.proc = subprocess.Popen(
+            command, env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.state)
+        )
         deadline = time.monotonic() + 90
         while True:
             if self.proc.poll() is not None:
@@ -252,8 +309,11 @@ class RabbitMQ:
         self.proc = None
         # our own epmd (on our private port) outlives the node; stop it too
         epmd = shutil.which("epmd") or "/usr/bin/epmd"
-        subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], capture_output=True,
-                       env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)})
+        subprocess.run(
+            [epmd, "-port", str(self.epmd_port), "-kill"],
+            capture_output=True,
+            env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)},
+        )
 
     def add_vhost(self, vhost: str) -> None:
         self.ctl("add_vhost", vhost)
@@ -275,8 +335,7 @@ class Stack:
             state=state,
             postgres=Postgres(state / "postgres", base_port + 1, fsync=fsync),
             redis=Redis(state / "redis", base_port + 2),
-            rabbitmq=RabbitMQ(state / "rabbitmq", base_port + 3, base_port + 4, base_port + 5,
-                              name=f"chat{base_port}"),
+            rabbitmq=RabbitMQ(state / "rabbitmq", base_port + 3, base_port + 4, base_port + 5, name=f"chat{base_port}"),
         )
 
     def start(self) -> None:
@@ -321,6 +380,27 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else name
 
 
+def spawn_service(name: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``chat-<name>`` as a process with ``env``, its output appended to ``log``
+    (devstack, the tests' harness and the benchmarks all start services this way)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([_bin(f"chat-{name}")], env=dict(env), stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 25) -> None:
+    """SIGTERM every process still running, wait for each, SIGKILL those that outlast ``timeout``."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run(state: Path, base_port: int) -> int:
     stack = Stack.at(state, base_port)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -341,8 +421,7 @@ def run(state: Path, base_port: int) -> int:
         logs = state / "logs"
         logs.mkdir(exist_ok=True)
         for name in SERVICES:
-            out = open(logs / f"{name}.log", "ab")
-            procs[name] = subprocess.Popen([_bin(f"chat-{name}")], env=env, stdout=out, stderr=subprocess.STDOUT)
+            procs[name] = spawn_service(name, env, logs / f"{name}.log")
         for name, port in (("writer", 8082), ("notifier", 8083), ("gateway", 8080), ("query", 8081)):
             _wait_port(port, 30, procs[name])
         print(
@@ -369,15 +448,7 @@ def run(state: Path, base_port: int) -> int:
         return 0
     finally:
         print("\ndevstack: stopping ...", flush=True)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(25)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs.values())
         stack.stop()
         print("devstack: stopped", flush=True)
 
@@ -386,7 +457,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="chat-devstack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--state", default=".state", help="state folder (default .state)")
-    parser.add_argument("--base-port", type=int, default=17430,
-                        help="Postgres on base+1, Redis base+2, AMQP base+3 (default 17430)")
+    parser.add_argument(
+        "--base-port", type=int, default=17430, help="Postgres on base+1, Redis base+2, AMQP base+3 (default 17430)"
+    )
     args = parser.parse_args()
     raise SystemExit(run(Path(args.state).resolve(), args.base_port))

@@ -25,8 +25,10 @@ def main() -> None:
     secret_file = Path(args.state) / "jwt-secret"
     if not secret:
         if not secret_file.exists():
-            print(f"chat-dev-token: CHAT_JWT_SECRET is not set and {secret_file} does not exist (run make run first)",
-                  file=sys.stderr)
+            print(
+                f"chat-dev-token: CHAT_JWT_SECRET is not set and {secret_file} does not exist (run make run first)",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
         secret = secret_file.read_text().strip()
     claim = os.environ.get("CHAT_JWT_USER_CLAIM") or "cognito:username"

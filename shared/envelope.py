@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import msgspec
 
-VERSION = 1
+VERSION: Literal[1] = 1
 
 
 class EnvelopeError(ValueError):
@@ -141,7 +141,7 @@ def encode(batch: Commands | Events | Deliveries) -> bytes:
 def decode(kind: type[T], body: bytes) -> T:
     """Decode and validate ``body`` as ``kind``; raise EnvelopeError naming what is wrong."""
     try:
-        return _decoders[kind].decode(body)
+        return cast(T, _decoders[kind].decode(body))  # each decoder decodes exactly its kind
     except msgspec.ValidationError as exc:
         raise EnvelopeError(f"invalid {kind.__name__.lower()} envelope: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -13,8 +13,16 @@ from .envelope import Event, Events
 class Publisher(Protocol):
     """What a stage needs of the broker to announce its output (``amqp.Broker``, or a test's fake)."""
 
-    async def publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = ...,
-                      timeout: float = ..., headers: dict[str, Any] | None = ...) -> None: ...
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        mandatory: bool = ...,
+        timeout: float = ...,
+        headers: dict[str, Any] | None = ...,
+    ) -> None: ...
 
 
 def by_partition(events: list[Event], partitions: int) -> dict[int, list[Event]]:
@@ -31,8 +39,10 @@ async def publish_events(broker: Publisher, events: list[Event], partitions: int
     its one message; waiting for the confirms one after another cost a round trip per partition).
     Raises amqp.Unavailable if any fails; the caller retries and the consumers are idempotent."""
     results = await asyncio.gather(
-        *(broker.publish(topology.EVENTS, str(p), envelope.encode(Events(items=items)))
-          for p, items in by_partition(events, partitions).items()),
+        *(
+            broker.publish(topology.EVENTS, str(p), envelope.encode(Events(items=items)))
+            for p, items in by_partition(events, partitions).items()
+        ),
         return_exceptions=True,
     )
     for result in results:

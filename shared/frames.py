@@ -76,8 +76,9 @@ def parse(text: str | bytes) -> ClientFrame:
     temp_id = _readable(data.get("tempMessageId"))
     problem = untrusted.problem(data)
     if problem is not None:
-        raise FrameError("invalid_frame", problem, action=action if action in ACTIONS else None,
-                         temp_message_id=temp_id)
+        raise FrameError(
+            "invalid_frame", problem, action=action if action in ACTIONS else None, temp_message_id=temp_id
+        )
     if data.get("action") is None:
         raise FrameError("missing_field", "action is required")
     if action not in ACTIONS:
@@ -149,38 +150,68 @@ def render(frame: dict[str, Any]) -> str:
     return _encoder.encode(frame).decode()
 
 
-def new_message(*, message_id: uuid.UUID, temp_message_id: str, conversation_id: uuid.UUID, sender_id: str,
-                content: str, sent_at: datetime, seq: int) -> str:
-    return render({
-        "type": "new-message",
-        "messageId": str(message_id),
-        "tempMessageId": temp_message_id,
-        "conversationId": str(conversation_id),
-        "senderId": sender_id,
-        "content": content,
-        "sentAt": iso_utc(sent_at),
-        "seq": seq,
-    })
+def new_message(
+    *,
+    message_id: uuid.UUID,
+    temp_message_id: str,
+    conversation_id: uuid.UUID,
+    sender_id: str,
+    content: str,
+    sent_at: datetime,
+    seq: int,
+) -> str:
+    return render(
+        {
+            "type": "new-message",
+            "messageId": str(message_id),
+            "tempMessageId": temp_message_id,
+            "conversationId": str(conversation_id),
+            "senderId": sender_id,
+            "content": content,
+            "sentAt": iso_utc(sent_at),
+            "seq": seq,
+        }
+    )
 
 
 def read_messages(*, conversation_id: uuid.UUID, user_id: str, last_read_seq: int) -> str:
-    return render({"type": "read-messages", "conversationId": str(conversation_id), "userId": user_id,
-                   "lastReadSeq": last_read_seq})
+    return render(
+        {
+            "type": "read-messages",
+            "conversationId": str(conversation_id),
+            "userId": user_id,
+            "lastReadSeq": last_read_seq,
+        }
+    )
 
 
 def read_receipt(*, conversation_id: uuid.UUID, user_id: str, last_read_seq: int) -> str:
-    return render({"type": "read-receipt", "conversationId": str(conversation_id), "userId": user_id,
-                   "lastReadSeq": last_read_seq})
+    return render(
+        {
+            "type": "read-receipt",
+            "conversationId": str(conversation_id),
+            "userId": user_id,
+            "lastReadSeq": last_read_seq,
+        }
+    )
 
 
 def typing(*, conversation_id: uuid.UUID, user_id: str) -> str:
     return render({"type": "typing", "conversationId": str(conversation_id), "userId": user_id})
 
 
-def conversation_created(*, conversation_id: uuid.UUID, title: str | None, is_group: bool,
-                         participant_ids: list[str]) -> str:
-    return render({"type": "conversation-created", "conversationId": str(conversation_id), "title": title,
-                   "isGroup": is_group, "participantIds": participant_ids})
+def conversation_created(
+    *, conversation_id: uuid.UUID, title: str | None, is_group: bool, participant_ids: list[str]
+) -> str:
+    return render(
+        {
+            "type": "conversation-created",
+            "conversationId": str(conversation_id),
+            "title": title,
+            "isGroup": is_group,
+            "participantIds": participant_ids,
+        }
+    )
 
 
 def error(code: str, message: str, *, action: str | None = None, temp_message_id: str | None = None) -> str:

@@ -42,13 +42,14 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
-OWNED = prometheus_client.Gauge("chat_partition_owned", "1 for each partition this replica consumes",
-                                ["partition"])
+OWNED = prometheus_client.Gauge("chat_partition_owned", "1 for each partition this replica consumes", ["partition"])
 MEMBERS = prometheus_client.Gauge("chat_partition_members", "Live replicas of this kind seen in Redis")
-CHANGES = prometheus_client.Counter("chat_partition_assignment_changes_total",
-                                    "Times this replica's set of partitions changed")
-FALLBACK = prometheus_client.Gauge("chat_partition_fallback",
-                                   "1 while Redis is unreachable and every partition is subscribed")
+CHANGES = prometheus_client.Counter(
+    "chat_partition_assignment_changes_total", "Times this replica's set of partitions changed"
+)
+FALLBACK = prometheus_client.Gauge(
+    "chat_partition_fallback", "1 while Redis is unreachable and every partition is subscribed"
+)
 
 OnChange = Callable[[frozenset[int]], None]
 
@@ -105,8 +106,13 @@ class Membership:
         if target == self.current:
             return
         previous = self.current or frozenset()
-        log.info("partitions_assigned", partitions=sorted(target), added=sorted(target - previous),
-                 removed=sorted(previous - target), fallback=self.fallback)
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(target),
+            added=sorted(target - previous),
+            removed=sorted(previous - target),
+            fallback=self.fallback,
+        )
         self.on_change(target)  # the consumers reconcile in their own task: the beat never waits
         self.current = target
         CHANGES.inc()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import prometheus_client
@@ -19,7 +19,9 @@ HTTP_REQUESTS = prometheus_client.Counter(
     "chat_http_requests_total", "HTTP requests answered", ["service", "route", "status"]
 )
 HTTP_SECONDS = prometheus_client.Histogram(
-    "chat_http_request_seconds", "HTTP request latency", ["service", "route"],
+    "chat_http_request_seconds",
+    "HTTP request latency",
+    ["service", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
@@ -69,7 +71,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def access_log(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def access_log(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """One JSON line per request: method, route, status and duration. Never the query string."""
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
@@ -87,8 +91,14 @@ async def access_log(request: web.Request, handler: Callable[[web.Request], Awai
         if route not in ("/healthz", "/readyz", "/metrics"):
             HTTP_REQUESTS.labels(service, route, str(status)).inc()
             HTTP_SECONDS.labels(service, route).observe(elapsed)
-            log.info("http_request", method=request.method, route=route, path=request.path, status=status,
-                     ms=round(elapsed * 1000, 2))
+            log.info(
+                "http_request",
+                method=request.method,
+                route=route,
+                path=request.path,
+                status=status,
+                ms=round(elapsed * 1000, 2),
+            )
 
 
 def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: str = "0.0.0.0") -> Readiness:
@@ -111,7 +121,7 @@ def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: s
         target[READINESS] = readiness
         target[SERVICE] = service
 
-        async def listener(app: web.Application):  # type: ignore[no-untyped-def]
+        async def listener(app: web.Application) -> AsyncIterator[None]:
             runner = web.AppRunner(target, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host, ops_port).start()

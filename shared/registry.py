@@ -26,6 +26,7 @@ def redis_client(url: str) -> Redis:
     """A client with timeouts: a dead Redis fails fast rather than hanging a request."""
     return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
 
+
 LEASE_SECONDS = 30
 REFRESH_SECONDS = 10
 SINCE_KEY = "chat:registry:since"
@@ -78,9 +79,10 @@ class Registry:
     async def admit(self, instance_id: str, user_id: str, conn_id: str, limit: int) -> bool:
         """Lease a new connection unless ``user_id`` already holds ``limit`` live ones (all gateways)."""
         now = now_ms()
-        admitted = await self._admit(keys=[conns_key(user_id), SINCE_KEY],
-                                     args=[now, now + LEASE_SECONDS * 1000, member(instance_id, conn_id), limit,
-                                           LEASE_SECONDS * 2])
+        admitted = await self._admit(
+            keys=[conns_key(user_id), SINCE_KEY],
+            args=[now, now + LEASE_SECONDS * 1000, member(instance_id, conn_id), limit, LEASE_SECONDS * 2],
+        )
         return bool(admitted)
 
     async def check(self) -> bool:

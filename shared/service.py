@@ -43,8 +43,15 @@ def serve(app: web.Application, settings: Settings, *, shutdown_timeout: float =
     """Run ``app`` until SIGTERM/SIGINT; aiohttp then runs on_shutdown and the cleanup contexts."""
     install_uvloop()
     logging.get(__name__).info("service_starting", host=settings.host, port=settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                shutdown_timeout=shutdown_timeout, handle_signals=True)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=shutdown_timeout,
+        handle_signals=True,
+    )
     if _fatal:
         print(f"chat-{settings.service}: {_fatal[0]}", file=sys.stderr)
         raise SystemExit(2)

@@ -117,7 +117,9 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], required: 
         return None
     parts = urlsplit(value)
     if parts.scheme not in schemes:
-        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got scheme {parts.scheme!r}")
+        raise SettingsError(
+            f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got scheme {parts.scheme!r}"
+        )
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
@@ -177,7 +179,9 @@ def _rate(env: Mapping[str, str], name: str, default: Rate) -> Rate:
         return default
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?):([0-9]+)", raw)
     if match is None or float(match[1]) <= 0 or not 1 <= int(match[2]) <= 100_000:
-        raise SettingsError(f"{name} must be rate:burst, e.g. 20:100 (a positive rate per second, a burst of 1 or more)")
+        raise SettingsError(
+            f"{name} must be rate:burst, e.g. 20:100 (a positive rate per second, a burst of 1 or more)"
+        )
     return Rate(float(match[1]), int(match[2]))
 
 
@@ -196,7 +200,11 @@ def _origins(env: Mapping[str, str]) -> frozenset[str]:
     origins = _csv(_get(env, "CHAT_ALLOWED_ORIGINS"))
     for origin in origins:
         parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https", "chrome-extension", "moz-extension") or not parts.netloc or parts.path not in ("", "/"):
+        if (
+            parts.scheme not in ("http", "https", "chrome-extension", "moz-extension")
+            or not parts.netloc
+            or parts.path not in ("", "/")
+        ):
             raise SettingsError(f"CHAT_ALLOWED_ORIGINS has {origin!r}: an origin is scheme://host[:port]")
     return frozenset(o.rstrip("/") for o in origins)
 
@@ -220,14 +228,24 @@ def _refuse_development_in_production(jwt: JwtSettings, dev_login: bool, origins
     an issuer or audience to check, or an https:// origin.
     """
     if jwt.secret in DEVELOPMENT_SECRETS and not dev_login:
-        raise SettingsError("CHAT_JWT_SECRET is the development secret published in this repository: "
-                            "set a secret of your own (at least 32 random characters)")
+        raise SettingsError(
+            "CHAT_JWT_SECRET is the development secret published in this repository: "
+            "set a secret of your own (at least 32 random characters)"
+        )
     if dev_login:
-        marker = ("CHAT_JWT_ISSUER" if jwt.issuer else "CHAT_JWT_AUDIENCE" if jwt.audience else
-                  "CHAT_ALLOWED_ORIGINS" if any(o.startswith("https://") for o in origins) else None)
+        marker = (
+            "CHAT_JWT_ISSUER"
+            if jwt.issuer
+            else "CHAT_JWT_AUDIENCE"
+            if jwt.audience
+            else "CHAT_ALLOWED_ORIGINS"
+            if any(o.startswith("https://") for o in origins)
+            else None
+        )
         if marker is not None:
-            raise SettingsError(f"CHAT_DEV_LOGIN=true lets anyone sign in as anyone: refused with {marker} set "
-                                "(a production setting)")
+            raise SettingsError(
+                f"CHAT_DEV_LOGIN=true lets anyone sign in as anyone: refused with {marker} set (a production setting)"
+            )
 
 
 def default_instance_id() -> str:
@@ -267,7 +285,9 @@ def load(
         partitions=_int(env, "CHAT_PARTITIONS", DEFAULT_PARTITIONS, 1, 256),
         log_level=level,
         allowed_origins=allowed_origins,
-        database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database) if database else None,
+        database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database)
+        if database
+        else None,
         amqp_url=_url(env, "CHAT_AMQP_URL", ("amqp", "amqps"), required=amqp) if amqp else None,
         redis_url=_url(env, "CHAT_REDIS_URL", ("redis", "rediss", "unix"), required=redis) if redis else None,
         jwt=jwt_settings,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 RECANCEL_SECONDS = 0.5
 
 
-async def cancel_and_wait(task: asyncio.Task | None) -> None:  # type: ignore[type-arg]
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel ``task`` (if any) and wait until it has finished, swallowing its cancellation.
 
     The cancel is repeated until the task ends: on Python 3.11, ``asyncio.wait_for`` returns the
@@ -19,5 +20,6 @@ async def cancel_and_wait(task: asyncio.Task | None) -> None:  # type: ignore[ty
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
+    failure = None if task.cancelled() else task.exception()
+    if failure is not None:
+        raise failure

@@ -19,7 +19,7 @@ import asyncpg
 
 from query.paging import direct_key
 from shared.auth import mint
-from shared.devstack import Stack, wait_ready
+from shared.devstack import Stack, spawn_service, wait_ready
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 BIN = Path(sys.executable).parent
@@ -94,8 +94,14 @@ class WsClient:
 
     async def send_message(self, conversation_id: uuid.UUID, content: str, temp_id: str | None = None) -> str:
         temp_id = temp_id or uuid.uuid4().hex
-        await self.send({"action": "send-message", "tempMessageId": temp_id, "conversationId": str(conversation_id),
-                         "content": content})
+        await self.send(
+            {
+                "action": "send-message",
+                "tempMessageId": temp_id,
+                "conversationId": str(conversation_id),
+                "content": content,
+            }
+        )
         return temp_id
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
@@ -171,10 +177,14 @@ class System:
         port = port or free_port()
         index = sum(1 for s in self.services if s.name == name)
         log = self.workdir / f"{name}-{index}.log"
-        full_env = {**os.environ, **self.env, "CHAT_PORT": str(port), "CHAT_INSTANCE_ID": f"{name}-{index}-{port}",
-                    **(env or {})}
-        proc = subprocess.Popen([str(BIN / f"chat-{name}")], env=full_env, stdout=open(log, "ab"),
-                                stderr=subprocess.STDOUT)
+        full_env = {
+            **os.environ,
+            **self.env,
+            "CHAT_PORT": str(port),
+            "CHAT_INSTANCE_ID": f"{name}-{index}-{port}",
+            **(env or {}),
+        }
+        proc = spawn_service(name, full_env, log)
         service = Service(name, port, proc, log)
         self.services.append(service)
         return service
@@ -206,8 +216,9 @@ class System:
 
     def active_consumers(self, queue_prefix: str) -> dict[str, str]:
         """The broker's view: queue -> instance id of its active consumer (tags are ``<kind>:<instance>:<p>``)."""
-        out = self.stack.rabbitmq.ctl("list_consumers", "-p", self.vhost, "queue_name", "consumer_tag", "active",
-                                      "--quiet", "--no-table-headers").stdout
+        out = self.stack.rabbitmq.ctl(
+            "list_consumers", "-p", self.vhost, "queue_name", "consumer_tag", "active", "--quiet", "--no-table-headers"
+        ).stdout
         active: dict[str, str] = {}
         for line in out.strip().splitlines():
             parts = line.split()
@@ -219,8 +230,11 @@ class System:
         """The sum of every sample of ``name`` on ``service``'s /metrics."""
         async with aiohttp.ClientSession() as session, session.get(f"{service.url}/metrics") as response:
             text = await response.text()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name) and line[len(name)] in " {")
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and line[len(name)] in " {"
+        )
 
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.stack.postgres.dsn(self.database))
@@ -241,10 +255,15 @@ class System:
             async with conn.transaction():
                 await conn.execute(
                     "INSERT INTO conversations (id, title, is_group, created_by, direct_key) VALUES ($1, $2, $3, $4, $5)",
-                    cid, title, group, users[0], None if group else direct_key(*users),
+                    cid,
+                    title,
+                    group,
+                    users[0],
+                    None if group else direct_key(*users),
                 )
-                await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
-                                       [(cid, u) for u in users])
+                await conn.executemany(
+                    "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)", [(cid, u) for u in users]
+                )
         finally:
             await conn.close()
         return cid

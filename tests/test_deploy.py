@@ -56,8 +56,13 @@ def test_deployments_probe_drain_and_identify_themselves(overlay):
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for name in ("chat-gateway", "chat-query", "chat-writer", "chat-notifier"):
         assert {("Deployment", name), ("Service", name), ("PodDisruptionBudget", name)} <= kinds
-    assert {("HorizontalPodAutoscaler", "chat-gateway"), ("HorizontalPodAutoscaler", "chat-query"),
-            ("ScaledObject", "chat-writer"), ("ScaledObject", "chat-notifier"), ("Job", "chat-migrate")} <= kinds
+    assert {
+        ("HorizontalPodAutoscaler", "chat-gateway"),
+        ("HorizontalPodAutoscaler", "chat-query"),
+        ("ScaledObject", "chat-writer"),
+        ("ScaledObject", "chat-notifier"),
+        ("Job", "chat-migrate"),
+    } <= kinds
     for dep in (o for o in objects if o["kind"] == "Deployment"):
         spec = dep["spec"]["template"]["spec"]
         container = spec["containers"][0]
@@ -91,7 +96,7 @@ def test_compose_file_follows_the_compose_spec_and_names_real_commands():
 
 def test_dockerfile_runs_a_console_script_as_non_root_in_exec_form():
     lines = [l.strip() for l in (ROOT / "Dockerfile").read_text().splitlines() if l.strip() and not l.startswith("#")]
-    final = lines[max(i for i, l in enumerate(lines) if l.startswith("FROM")):]
+    final = lines[max(i for i, l in enumerate(lines) if l.startswith("FROM")) :]
     user = [l for l in final if l.startswith("USER ")]
     assert user and user[-1].split()[1] not in ("root", "0")
     entrypoint = [l for l in final if l.startswith("ENTRYPOINT")]
@@ -117,7 +122,9 @@ def variables_in_compose() -> set[str]:
 def variables_in_manifests() -> set[str]:
     names: set[str] = set()
     for obj in build("deploy/k8s/overlays/dev"):
-        if obj["kind"] in ("ConfigMap", "Secret") and obj["metadata"]["name"].startswith(("chat-config", "chat-secrets")):
+        if obj["kind"] in ("ConfigMap", "Secret") and obj["metadata"]["name"].startswith(
+            ("chat-config", "chat-secrets")
+        ):
             names |= set(obj.get("data", {}))
         if obj["kind"] in ("Deployment", "Job"):
             for container in obj["spec"]["template"]["spec"]["containers"]:
@@ -138,8 +145,11 @@ def test_autoscaler_maxima_never_exceed_the_partitions(overlay):
     objects = build(f"deploy/k8s/overlays/{overlay}")
     config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chat-config"))
     partitions = int(config["data"]["CHAT_PARTITIONS"])
-    scaled = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["maxReplicaCount"] for o in objects
-              if o["kind"] == "ScaledObject"}
+    scaled = {
+        o["spec"]["scaleTargetRef"]["name"]: o["spec"]["maxReplicaCount"]
+        for o in objects
+        if o["kind"] == "ScaledObject"
+    }
     assert set(scaled) == {"chat-writer", "chat-notifier"}
     assert all(1 <= maximum <= partitions for maximum in scaled.values()), (scaled, partitions)
     deployments = {o["metadata"]["name"]: o["spec"].get("replicas", 1) for o in objects if o["kind"] == "Deployment"}
@@ -149,12 +159,16 @@ def test_autoscaler_maxima_never_exceed_the_partitions(overlay):
 def test_production_hardening():
     """What a production deployment must not get wrong, checked on the prod overlay and the data tier."""
     prod = build("deploy/k8s/overlays/prod")
-    config = next(o for o in prod if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chat-config"))["data"]
+    config = next(o for o in prod if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chat-config"))[
+        "data"
+    ]
     assert config["CHAT_JWT_AUDIENCE"] and config["CHAT_JWT_TOKEN_USE"] == "id" and config["CHAT_JWT_ISSUER"]
     assert config["CHAT_DEV_LOGIN"] == "false"
     origins = config["CHAT_ALLOWED_ORIGINS"].split(",")
     assert any(o.startswith("chrome-extension://") for o in origins)  # PageNow's extension can connect
-    assert not any(o["kind"] == "Secret" and o["metadata"]["name"] == "chat-secrets" for o in prod)  # managed outside git
+    assert not any(
+        o["kind"] == "Secret" and o["metadata"]["name"] == "chat-secrets" for o in prod
+    )  # managed outside git
     for obj in (o for o in prod if o["kind"] in ("Deployment", "Job")):
         spec = obj["spec"]["template"]["spec"]
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", obj["metadata"]["name"]
@@ -164,7 +178,9 @@ def test_production_hardening():
             assert sc["capabilities"]["drop"] == ["ALL"]
     for obj in (o for o in prod if o["kind"] == "Service"):
         assert [p["name"] for p in obj["spec"]["ports"]] == ["http"]  # never the ops port
-    for obj in (o for o in prod if o["kind"] == "Deployment" and o["metadata"]["name"] in ("chat-gateway", "chat-query")):
+    for obj in (
+        o for o in prod if o["kind"] == "Deployment" and o["metadata"]["name"] in ("chat-gateway", "chat-query")
+    ):
         container = obj["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["CHAT_OPS_PORT"] and env["CHAT_OPS_PORT"] != env["CHAT_PORT"]  # /metrics off the public port

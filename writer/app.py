@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import asyncpg
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import envelope, log as logging, topology
+from shared import envelope, topology
+from shared import log as logging
 from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
 from shared.envelope import Command
@@ -40,11 +42,13 @@ STORED = prometheus_client.Counter("chat_messages_stored_total", "Messages newly
 DUPLICATES = prometheus_client.Counter("chat_messages_duplicate_total", "Sends that were already stored")
 REJECTED = prometheus_client.Counter("chat_commands_rejected_total", "Commands refused", ["code"])
 BATCH_SECONDS = prometheus_client.Histogram(
-    "chat_writer_batch_seconds", "Store and announce one command batch",
+    "chat_writer_batch_seconds",
+    "Store and announce one command batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-BATCH_SIZE = prometheus_client.Histogram("chat_writer_batch_commands", "Commands per batch",
-                                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+BATCH_SIZE = prometheus_client.Histogram(
+    "chat_writer_batch_commands", "Commands per batch", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+)
 # Failures worth retrying in place. A unique violation means another writer stored the same key a
 # moment ago (two partitions sharing a sender's tempMessageId): the retry reads it and decides.
 RETRY = (DatabaseUnavailable, asyncpg.UniqueViolationError, *TRANSIENT)
@@ -88,8 +92,14 @@ class Writer:
                 REJECTED.labels(event.code).inc()
         BATCH_SECONDS.observe(elapsed)
         BATCH_SIZE.observe(len(commands))
-        log.info("batch_stored", commands=len(commands), stored=decided.stored, duplicates=decided.duplicates,
-                 rejected=decided.rejected, ms=round(elapsed * 1000, 2))
+        log.info(
+            "batch_stored",
+            commands=len(commands),
+            stored=decided.stored,
+            duplicates=decided.duplicates,
+            rejected=decided.rejected,
+            ms=round(elapsed * 1000, 2),
+        )
 
     async def rejected(self, command: Command, reason: str) -> None:
         """``command`` could not be stored and was set aside: tell its sender, with its tempMessageId."""
@@ -120,7 +130,7 @@ def create_app(settings: Settings) -> web.Application:
     group = PartitionGroup(broker, topology.command_queue, writer)
     membership = Membership(redis, "writer", settings.instance_id, settings.partitions, group.want)
 
-    async def resources(app: web.Application):  # type: ignore[no-untyped-def]
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         db.start()
         broker.start()
         beat = asyncio.create_task(membership.run(), name="membership")
@@ -137,4 +147,3 @@ def create_app(settings: Settings) -> web.Application:
     readiness.checks.update(database=db.ping, broker=broker.check)
     app.cleanup_ctx.append(resources)
     return app
-

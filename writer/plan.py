@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
-from datetime import datetime
 
 from shared.envelope import (
     Command,
@@ -79,7 +79,8 @@ class Plan:
         """The events, each ReadUpdated given the pointer the write returned."""
         return [
             msgspec.structs.replace(e, last_read_seq=pointers[(e.conversation_id, e.user_id)])
-            if isinstance(e, ReadUpdated) else e
+            if isinstance(e, ReadUpdated)
+            else e
             for e in self.events
         ]
 
@@ -89,7 +90,7 @@ def reject(cmd: Command, code: str, message: str) -> CommandRejected:
         origin=cmd.origin,
         code=code,
         message=message,
-        action=cmd.__struct_config__.tag,  # type: ignore[attr-defined]
+        action=str(cmd.__struct_config__.tag),  # the command's tag is its action, e.g. "send-message"
         temp_message_id=cmd.temp_message_id if isinstance(cmd, SendMessage) else None,
         conversation_id=cmd.conversation_id,
     )
@@ -107,9 +108,13 @@ def refusal(cmd: Command) -> tuple[str, str] | None:
     return None
 
 
-def plan(commands: list[Command], conversations: Mapping[uuid.UUID, Conversation],
-         existing: Mapping[tuple[str, str], Stored], now: datetime,
-         new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> Plan:
+def plan(
+    commands: list[Command],
+    conversations: Mapping[uuid.UUID, Conversation],
+    existing: Mapping[tuple[str, str], Stored],
+    now: datetime,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> Plan:
     """Apply ``commands`` in order to the state read from the database; decide everything."""
     out = Plan()
     last_seq = {cid: c.last_seq for cid, c in conversations.items()}
@@ -135,7 +140,9 @@ def plan(commands: list[Command], conversations: Mapping[uuid.UUID, Conversation
         if isinstance(cmd, SendMessage):
             before = known.get((cmd.user_id, cmd.temp_message_id))
             if before is not None and before.conversation_id != cid:
-                out.events.append(reject(cmd, "invalid_frame", "tempMessageId was already used in another conversation"))
+                out.events.append(
+                    reject(cmd, "invalid_frame", "tempMessageId was already used in another conversation")
+                )
                 out.rejected += 1
                 continue
             if before is not None:
@@ -144,8 +151,15 @@ def plan(commands: list[Command], conversations: Mapping[uuid.UUID, Conversation
                 continue
             seq = last_seq[cid] + 1
             last_seq[cid] = seq
-            message = Stored(id=new_id(), conversation_id=cid, seq=seq, sender_id=cmd.user_id,
-                             temp_message_id=cmd.temp_message_id, content=cmd.content.rstrip(), sent_at=now)
+            message = Stored(
+                id=new_id(),
+                conversation_id=cid,
+                seq=seq,
+                sender_id=cmd.user_id,
+                temp_message_id=cmd.temp_message_id,
+                content=cmd.content.rstrip(),
+                sent_at=now,
+            )
             known[(cmd.user_id, cmd.temp_message_id)] = message
             out.new_messages.append(message)
             out.latest[cid] = Latest(seq, message.id, now, cmd.user_id, message.content)
@@ -157,8 +171,9 @@ def plan(commands: list[Command], conversations: Mapping[uuid.UUID, Conversation
             if last_seq[cid] <= max(conversation.read.get(cmd.user_id, 0), out.read_to.get(key, 0)):
                 continue  # nothing new to read: no write, no receipt to anybody
             out.read_to[key] = last_seq[cid]
-            out.events.append(ReadUpdated(conversation_id=cid, user_id=cmd.user_id, last_read_seq=UNRESOLVED,
-                                          participants=members))
+            out.events.append(
+                ReadUpdated(conversation_id=cid, user_id=cmd.user_id, last_read_seq=UNRESOLVED, participants=members)
+            )
         elif isinstance(cmd, StartTyping):
             out.events.append(TypingStarted(conversation_id=cid, user_id=cmd.user_id, participants=members))
     return out
@@ -166,8 +181,12 @@ def plan(commands: list[Command], conversations: Mapping[uuid.UUID, Conversation
 
 def _announce(message: Stored, members: list[str]) -> MessageStored:
     return MessageStored(
-        message_id=message.id, conversation_id=message.conversation_id, seq=message.seq,
-        sender_id=message.sender_id, temp_message_id=message.temp_message_id, content=message.content,
-        sent_at=message.sent_at, participants=members,
+        message_id=message.id,
+        conversation_id=message.conversation_id,
+        seq=message.seq,
+        sender_id=message.sender_id,
+        temp_message_id=message.temp_message_id,
+        content=message.content,
+        sent_at=message.sent_at,
+        participants=members,
     )
-

@@ -11,8 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import asyncpg
-
+from shared.db import Conn
 from shared.envelope import Command, Event, SendMessage
 
 from .plan import Conversation, Plan, Stored, plan
@@ -73,11 +72,13 @@ WHERE p.conversation_id = v.conversation_id
 """
 
 
-async def store(conn: asyncpg.Connection, commands: list[Command]) -> tuple[Plan, list[Event]]:
+async def store(conn: Conn, commands: list[Command]) -> tuple[Plan, list[Event]]:
     """Apply ``commands`` in order inside the caller's transaction: the plan, and the events to announce."""
     locked = await conn.fetch(LOCK_CONVERSATIONS, sorted({c.conversation_id for c in commands}))
-    conversations = {r["id"]: Conversation(r["last_seq"], tuple(r["members"]), dict(zip(r["members"], r["read_seqs"])))
-                     for r in locked}
+    conversations = {
+        r["id"]: Conversation(r["last_seq"], tuple(r["members"]), dict(zip(r["members"], r["read_seqs"])))
+        for r in locked
+    }
     sends = [c for c in commands if isinstance(c, SendMessage)]
     existing: dict[tuple[str, str], Stored] = {}
     if sends:
@@ -87,15 +88,20 @@ async def store(conn: asyncpg.Connection, commands: list[Command]) -> tuple[Plan
     decided = plan(commands, conversations, existing, _now_ms())
     if not decided.writes:
         return decided, decided.events
-    new_rows = [(m.conversation_id, m.seq, m.id, m.sender_id, m.temp_message_id, m.content, m.sent_at)
-                for m in decided.new_messages]
+    new_rows = [
+        (m.conversation_id, m.seq, m.id, m.sender_id, m.temp_message_id, m.content, m.sent_at)
+        for m in decided.new_messages
+    ]
     latest = [(v.seq, v.message_id, v.sent_at, v.sender_id, v.content) for v in decided.latest.values()]
     keys = list(decided.read_to)
     rows = await conn.fetch(
         WRITE,
         *_columns(new_rows, 7),
-        list(decided.latest), *_columns(latest, 5),
-        [k[0] for k in keys], [k[1] for k in keys], [decided.read_to[k] for k in keys],
+        list(decided.latest),
+        *_columns(latest, 5),
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [decided.read_to[k] for k in keys],
     )
     if decided.latest:
         await conn.execute(TOUCH_PARTICIPANTS, list(decided.latest), [v.sent_at for v in decided.latest.values()])

@@ -53,8 +53,12 @@ async def test_chat_migrate_twice_in_sequence(stack):
 async def test_chat_migrate_at_the_same_moment(stack):
     dsn = fresh_db(stack)
     env = {**os.environ, "CHAT_DATABASE_URL": dsn}
-    procs = [subprocess.Popen([str(BIN / "chat-migrate")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "chat-migrate")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert sum(f'"applied": {json.dumps(ALL_MIGRATIONS)}' in out for out, _ in outputs) == 1
@@ -69,23 +73,39 @@ async def test_schema_enforces_the_contract(stack):
     dsn = stack.postgres.dsn(new_database(stack))
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) "
-                           "VALUES (gen_random_uuid(), false, 'a', 'a\x1fb')")
+        await conn.execute(
+            "INSERT INTO conversations (id, is_group, created_by, direct_key) "
+            "VALUES (gen_random_uuid(), false, 'a', 'a\x1fb')"
+        )
         with pytest.raises(asyncpg.UniqueViolationError):  # one direct conversation per pair
-            await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) "
-                               "VALUES (gen_random_uuid(), false, 'b', 'a\x1fb')")
+            await conn.execute(
+                "INSERT INTO conversations (id, is_group, created_by, direct_key) "
+                "VALUES (gen_random_uuid(), false, 'b', 'a\x1fb')"
+            )
         cid = await conn.fetchval("SELECT id FROM conversations")
-        await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
-                           " VALUES ($1, 1, gen_random_uuid(), 'a', 't1', 'hi', now())", cid)
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
+            " VALUES ($1, 1, gen_random_uuid(), 'a', 't1', 'hi', now())",
+            cid,
+        )
         with pytest.raises(asyncpg.UniqueViolationError):  # tempMessageId unique per sender
-            await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
-                               " sent_at) VALUES ($1, 2, gen_random_uuid(), 'a', 't1', 'hi', now())", cid)
+            await conn.execute(
+                "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
+                " sent_at) VALUES ($1, 2, gen_random_uuid(), 'a', 't1', 'hi', now())",
+                cid,
+            )
         with pytest.raises(asyncpg.UniqueViolationError):  # one row per seq
-            await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
-                               " sent_at) VALUES ($1, 1, gen_random_uuid(), 'b', 't1', 'hi', now())", cid)
+            await conn.execute(
+                "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
+                " sent_at) VALUES ($1, 1, gen_random_uuid(), 'b', 't1', 'hi', now())",
+                cid,
+            )
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
-                               " sent_at) VALUES ($1, 2, gen_random_uuid(), 'a', 't2', '', now())", cid)
+            await conn.execute(
+                "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content,"
+                " sent_at) VALUES ($1, 2, gen_random_uuid(), 'a', 't2', '', now())",
+                cid,
+            )
     finally:
         await conn.close()
 
@@ -145,8 +165,15 @@ def test_service_refuses_to_start_with_a_malformed_setting(command, variable, va
 
 @pytest.mark.parametrize(
     ("name", "down"),
-    [("writer", "database"), ("writer", "broker"), ("notifier", "redis"), ("notifier", "broker"),
-     ("gateway", "redis"), ("gateway", "broker"), ("query", "database")],
+    [
+        ("writer", "database"),
+        ("writer", "broker"),
+        ("notifier", "redis"),
+        ("notifier", "broker"),
+        ("gateway", "redis"),
+        ("gateway", "broker"),
+        ("query", "database"),
+    ],
 )
 async def test_readyz_is_not_ready_while_a_dependency_is_down(stack, name, down):
     """Each dependency in turn points at a port where nothing listens; the service stays up, unready."""
@@ -190,8 +217,12 @@ async def test_readyz_is_not_ready_while_a_dependency_is_down(stack, name, down)
 async def test_query_stays_ready_while_the_broker_is_down(stack):
     """REST is how clients catch up: losing the broker must not take every query pod out of service."""
     port = free_port()
-    env = clean_env(CHAT_DATABASE_URL=stack.postgres.dsn(new_database(stack)), CHAT_AMQP_URL=f"amqp://g:g@127.0.0.1:{free_port()}/",
-                    CHAT_PORT=str(port), CHAT_HOST="127.0.0.1")
+    env = clean_env(
+        CHAT_DATABASE_URL=stack.postgres.dsn(new_database(stack)),
+        CHAT_AMQP_URL=f"amqp://g:g@127.0.0.1:{free_port()}/",
+        CHAT_PORT=str(port),
+        CHAT_HOST="127.0.0.1",
+    )
     proc = subprocess.Popen([str(BIN / "chat-query")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc=proc)  # /readyz answers 200
@@ -204,8 +235,13 @@ async def test_query_stays_ready_while_the_broker_is_down(stack):
 
 async def test_dev_token_opens_a_websocket(system):
     await system.start_all()
-    token = subprocess.run([str(BIN / "chat-dev-token"), "alice"], env={**os.environ, "CHAT_JWT_SECRET": SECRET},
-                           capture_output=True, text=True, check=True).stdout.strip()
+    token = subprocess.run(
+        [str(BIN / "chat-dev-token"), "alice"],
+        env={**os.environ, "CHAT_JWT_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     client = await system.connect("alice", token_value=token)
     await client.send({"action": "heartbeat"})
     await client.send("{")

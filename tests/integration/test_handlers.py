@@ -35,8 +35,12 @@ class FakePublisher:
         self.published.append((exchange, routing_key, body))
 
     def events(self) -> list[envelope.Event]:
-        return [e for ex, _, body in self.published if ex == topology.EVENTS
-                for e in envelope.decode(envelope.Events, body).items]
+        return [
+            e
+            for ex, _, body in self.published
+            if ex == topology.EVENTS
+            for e in envelope.decode(envelope.Events, body).items
+        ]
 
 
 @pytest.fixture
@@ -47,9 +51,12 @@ async def writer_db(stack):
     await db.connected.wait()
     conn = await asyncpg.connect(dsn)
     cid = uuid.uuid4()
-    await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) VALUES ($1, false, 'a', 'a b')", cid)
-    await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
-                           [(cid, "alice"), (cid, "bob")])
+    await conn.execute(
+        "INSERT INTO conversations (id, is_group, created_by, direct_key) VALUES ($1, false, 'a', 'a b')", cid
+    )
+    await conn.executemany(
+        "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)", [(cid, "alice"), (cid, "bob")]
+    )
     yield db, conn, cid
     await conn.close()
     await db.close()
@@ -63,11 +70,19 @@ async def test_writer_stores_and_announces_in_order(writer_db):
     db, conn, cid = writer_db
     fake = FakePublisher()
     writer = Writer(db, fake, partitions=4)
-    await writer.handle([send(cid, "t1", "one"), send(cid, "t2", "two"),
-                         ReadMessages(user_id="bob", conversation_id=cid, origin=ORIGIN)])
+    await writer.handle(
+        [
+            send(cid, "t1", "one"),
+            send(cid, "t2", "two"),
+            ReadMessages(user_id="bob", conversation_id=cid, origin=ORIGIN),
+        ]
+    )
     events = fake.events()
     assert [(type(e).__name__, getattr(e, "seq", None)) for e in events] == [
-        ("MessageStored", 1), ("MessageStored", 2), ("ReadUpdated", None)]
+        ("MessageStored", 1),
+        ("MessageStored", 2),
+        ("ReadUpdated", None),
+    ]
     assert events[2].last_read_seq == 2
     assert fake.published[0][1] == str(topology.partition(cid, 4))
     # redelivery is harmless: the same commands again store nothing and re-announce the originals
@@ -102,7 +117,9 @@ async def test_a_command_postgres_refuses_fails_alone_and_its_sender_is_told(wri
     assert [(r["temp_message_id"], r["seq"]) for r in rows] == [(f"g{i}", i + 1) for i in range(5)]
     rejected = [e for e in fake.events() if isinstance(e, envelope.CommandRejected)]
     assert [(e.temp_message_id, e.code, e.origin) for e in rejected] == [
-        ("nul", "invalid_frame", ORIGIN), ("surrogate", "invalid_frame", ORIGIN)]
+        ("nul", "invalid_frame", ORIGIN),
+        ("surrogate", "invalid_frame", ORIGIN),
+    ]
 
 
 async def test_notifier_routes_to_the_gateways_holding_the_recipients(stack):
@@ -115,9 +132,16 @@ async def test_notifier_routes_to_the_gateways_holding_the_recipients(stack):
         await client.set("chat:registry:since", 0)  # an old registry: lookups are trusted
         fake = FakePublisher()
         cid = uuid.uuid4()
-        stored = envelope.MessageStored(message_id=uuid.uuid4(), conversation_id=cid, seq=1, sender_id="alice",
-                                        temp_message_id="t", content="hi", sent_at=datetime.now(timezone.utc),
-                                        participants=["alice", "bob"])
+        stored = envelope.MessageStored(
+            message_id=uuid.uuid4(),
+            conversation_id=cid,
+            seq=1,
+            sender_id="alice",
+            temp_message_id="t",
+            content="hi",
+            sent_at=datetime.now(timezone.utc),
+            participants=["alice", "bob"],
+        )
         await Notifier(registry, fake).handle([stored])
         by_gateway = {key: envelope.decode(envelope.Deliveries, body).items for _, key, body in fake.published}
         assert set(by_gateway) == {"gw-a", "gw-b"}
@@ -139,10 +163,15 @@ async def test_migration_0003_rewrites_old_direct_keys(stack):
         pairs = [("alice", "bob"), ("a\x1fb", "c"), ("a", "b\x1fc")]
         for a, b in pairs:
             cid = uuid.uuid4()
-            await conn.execute("INSERT INTO conversations (id, is_group, created_by, direct_key) VALUES ($1, false, $2, $3)",
-                               cid, a, f"old-{cid}")  # the old keys of the last two pairs would collide
-            await conn.executemany("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
-                                   [(cid, a), (cid, b)])
+            await conn.execute(
+                "INSERT INTO conversations (id, is_group, created_by, direct_key) VALUES ($1, false, $2, $3)",
+                cid,
+                a,
+                f"old-{cid}",
+            )  # the old keys of the last two pairs would collide
+            await conn.executemany(
+                "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)", [(cid, a), (cid, b)]
+            )
         await conn.execute((resources.files("shared.migrations") / "0003_direct_key.sql").read_text())
         keys = {r["direct_key"] for r in await conn.fetch("SELECT direct_key FROM conversations")}
         assert keys == {direct_key(a, b) for a, b in pairs}

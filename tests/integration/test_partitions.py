@@ -54,15 +54,18 @@ async def test_two_writers_and_two_notifiers_both_work_and_a_leaver_hands_over(s
     await burst(pairs, 10, "m")
     await wait_all_echoed(pairs, 10, timeout=60)
     for _, receiver, _ in pairs:
-        await receiver.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"})
-                                >= 10 or None, timeout=30)
+        await receiver.wait_for(
+            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 10 or None, timeout=30
+        )
     assert await check_guarantees(system, pairs) == 480
     stored = [await system.metric(w, "chat_messages_stored_total") for w in writers]
     routed = [await system.metric(n, "chat_frames_routed_total") for n in notifiers]
     assert sum(stored) == 480 and min(stored) >= 480 * 0.2, stored  # both did a real share, not 100/0
     assert min(routed) > 0, routed
-    assert await system.metric(writers[0], "chat_partition_owned") == shares(system, "chat.commands.")[
-        ident(system, writers[0])]
+    assert (
+        await system.metric(writers[0], "chat_partition_owned")
+        == shares(system, "chat.commands.")[ident(system, writers[0])]
+    )
 
     # a graceful leave: the other notifier is active on every partition within 15 s
     notifiers[1].proc.send_signal(signal.SIGTERM)
@@ -85,13 +88,15 @@ async def test_a_killed_writer_is_replaced_then_gets_its_share_back_and_nothing_
     writer0.kill()
     took_over = await wait_shared(system, "chat.commands.", [ident(system, writer1)], timeout=30)
     writer2 = await system.start("writer")  # it comes back (a new pod)
-    came_back = await wait_shared(system, "chat.commands.", [ident(system, writer1), ident(system, writer2)],
-                                  timeout=15)
+    came_back = await wait_shared(
+        system, "chat.commands.", [ident(system, writer1), ident(system, writer2)], timeout=15
+    )
     await sending
     await wait_all_echoed(pairs, 100, timeout=90)
     for _, receiver, _ in pairs:
-        await receiver.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"})
-                                >= 100 or None, timeout=30)
+        await receiver.wait_for(
+            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 100 or None, timeout=30
+        )
     assert await check_guarantees(system, pairs) == 1600
     for sender, _, _ in pairs:
         assert not sender.of_type("error")
@@ -201,7 +206,6 @@ async def test_a_service_started_with_another_partition_count_is_refused(system)
     assert "CHAT_PARTITIONS=8 does not match this broker" in other.output()
 
 
-
 async def test_a_writer_cut_off_from_redis_keeps_working_beside_one_that_is_not(system):
     """A network split between one writer and Redis: it subscribes to every partition and the
     broker keeps one consumer active per queue, so nothing stalls and nothing is stored twice."""
@@ -218,8 +222,9 @@ async def test_a_writer_cut_off_from_redis_keeps_working_beside_one_that_is_not(
     await burst(pairs, 20, "x")
     await wait_all_echoed(pairs, 20, timeout=60)
     for _, receiver, _ in pairs:
-        await receiver.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"})
-                                >= 20 or None, timeout=30)
+        await receiver.wait_for(
+            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 20 or None, timeout=30
+        )
     assert await check_guarantees(system, pairs) == 320
 
 

@@ -42,9 +42,18 @@ class Api:
         self.base = system.of("query")[0].url
         self.session = session
 
-    async def call(self, method: str, path: str, user: str | None = None, *, auth: str | None = None,
-                   params: dict | None = None, body: Any = None, raw: bytes | None = None,
-                   headers: dict | None = None) -> tuple[int, Any, dict]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        user: str | None = None,
+        *,
+        auth: str | None = None,
+        params: dict | None = None,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict | None = None,
+    ) -> tuple[int, Any, dict]:
         hdrs = dict(headers or {})
         if auth is not None:
             hdrs["Authorization"] = auth
@@ -77,8 +86,13 @@ async def api(system):
         yield Api(system, session)
 
 
-async def seed(system: System, cid: uuid.UUID, messages: list[tuple[str, str]], start_seq: int = 1,
-               read: dict[str, int] | None = None) -> None:
+async def seed(
+    system: System,
+    cid: uuid.UUID,
+    messages: list[tuple[str, str]],
+    start_seq: int = 1,
+    read: dict[str, int] | None = None,
+) -> None:
     """Store messages as the writer would (seq, latest fields, the sender's read pointer)."""
     conn = await system.db()
     try:
@@ -89,18 +103,39 @@ async def seed(system: System, cid: uuid.UUID, messages: list[tuple[str, str]], 
                 await conn.execute(
                     "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
-                    cid, seq, uuid.uuid4(), sender, uuid.uuid4().hex, content, seq / 1000)
-                await conn.execute("UPDATE participants SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
-                                   cid, sender, seq)
+                    cid,
+                    seq,
+                    uuid.uuid4(),
+                    sender,
+                    uuid.uuid4().hex,
+                    content,
+                    seq / 1000,
+                )
+                await conn.execute(
+                    "UPDATE participants SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+                    cid,
+                    sender,
+                    seq,
+                )
             await conn.execute(
                 "UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,"
                 " last_sender_id = m.sender_id, last_content = m.content FROM messages m"
-                " WHERE c.id = $1 AND m.conversation_id = $1 AND m.seq = $2", cid, seq)
-            await conn.execute("UPDATE participants p SET last_sent_at = c.last_sent_at FROM conversations c"
-                               " WHERE c.id = $1 AND p.conversation_id = $1", cid)
+                " WHERE c.id = $1 AND m.conversation_id = $1 AND m.seq = $2",
+                cid,
+                seq,
+            )
+            await conn.execute(
+                "UPDATE participants p SET last_sent_at = c.last_sent_at FROM conversations c"
+                " WHERE c.id = $1 AND p.conversation_id = $1",
+                cid,
+            )
             for user, upto in (read or {}).items():
-                await conn.execute("UPDATE participants SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
-                                   cid, user, upto)
+                await conn.execute(
+                    "UPDATE participants SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+                    cid,
+                    user,
+                    upto,
+                )
     finally:
         await conn.close()
 
@@ -117,14 +152,29 @@ async def test_conversation_list_pagenow_semantics(system, api):
     assert [i["conversationId"] for i in items] == [str(group), str(ab)]
     assert str(ac) not in {i["conversationId"] for i in items}
     g, d = items
-    assert g == {"conversationId": str(group), "title": "Trip", "isGroup": True, "sentAt": g["sentAt"],
-                 "latestContent": "sure", "senderId": "alice", "participantId": "bob", "isRead": True,
-                 "unreadCount": 0, "lastSeq": 2, "lastReadSeq": 2, "participantIds": ["alice", "bob", "carol"]}
+    assert g == {
+        "conversationId": str(group),
+        "title": "Trip",
+        "isGroup": True,
+        "sentAt": g["sentAt"],
+        "latestContent": "sure",
+        "senderId": "alice",
+        "participantId": "bob",
+        "isRead": True,
+        "unreadCount": 0,
+        "lastSeq": 2,
+        "lastReadSeq": 2,
+        "participantIds": ["alice", "bob", "carol"],
+    }
     assert d["participantId"] == "bob" and d["isRead"] is False and d["unreadCount"] == 1
     assert d["latestContent"] == "hi alice" and d["senderId"] == "bob" and d["isGroup"] is False
 
-    assert [i["conversationId"] for i in (await api.get("/conversations", "alice", params={"isRead": "false"}))[1]] == [str(ab)]
-    assert [i["conversationId"] for i in (await api.get("/conversations", "alice", params={"isRead": "true"}))[1]] == [str(group)]
+    assert [i["conversationId"] for i in (await api.get("/conversations", "alice", params={"isRead": "false"}))[1]] == [
+        str(ab)
+    ]
+    assert [i["conversationId"] for i in (await api.get("/conversations", "alice", params={"isRead": "true"}))[1]] == [
+        str(group)
+    ]
     for bad in ("maybe", "1", "TRUE", ""):
         status, body = await api.get("/conversations", "alice", params={"isRead": bad})
         assert status == 400 and body["error"] == "bad_request"
@@ -176,9 +226,15 @@ async def test_history_offset_order_and_keyset(system, api):
     message = body[0]
     assert set(message) == {"messageId", "conversationId", "sentAt", "senderId", "content", "seq"}
     assert message["content"] == "message 25" and message["senderId"] == "alice"
-    for params in ({"offset": "0"}, {"limit": "10"}, {"limit": "x", "offset": "0"}, {"limit": "101", "offset": "0"},
-                   {"limit": "10", "offset": "-1"}, {"limit": "10", "offset": "0", "order": "up"},
-                   {"limit": "10", "afterSeq": "1", "beforeSeq": "5"}):
+    for params in (
+        {"offset": "0"},
+        {"limit": "10"},
+        {"limit": "x", "offset": "0"},
+        {"limit": "101", "offset": "0"},
+        {"limit": "10", "offset": "-1"},
+        {"limit": "10", "offset": "0", "order": "up"},
+        {"limit": "10", "afterSeq": "1", "beforeSeq": "5"},
+    ):
         status, body = await api.get(path, "bob", params=params)
         assert status == 400 and body["error"] == "bad_request", params
 
@@ -189,9 +245,14 @@ async def test_paging_through_10000_messages_returns_each_once(system, api):
     try:
         await conn.execute(
             "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
-            " SELECT $1, s, gen_random_uuid(), 'alice', 't' || s, 'm' || s, now() FROM generate_series(1, 10000) s", cid)
-        await conn.execute("UPDATE conversations SET last_seq = 10000, last_sent_at = now(), last_content = 'm10000',"
-                           " last_sender_id = 'alice' WHERE id = $1", cid)
+            " SELECT $1, s, gen_random_uuid(), 'alice', 't' || s, 'm' || s, now() FROM generate_series(1, 10000) s",
+            cid,
+        )
+        await conn.execute(
+            "UPDATE conversations SET last_seq = 10000, last_sent_at = now(), last_content = 'm10000',"
+            " last_sender_id = 'alice' WHERE id = $1",
+            cid,
+        )
         await conn.execute("UPDATE participants SET last_sent_at = now() WHERE conversation_id = $1", cid)
     finally:
         await conn.close()
@@ -208,7 +269,9 @@ async def test_paging_through_10000_messages_returns_each_once(system, api):
     assert len(seen) == 10000 and len(set(seen)) == 10000 and seen == sorted(seen, reverse=True)
     after, caught_up = 0, []
     while True:
-        status, page = await api.get(f"/conversations/{cid}/messages", "bob", params={"limit": "100", "afterSeq": str(after)})
+        status, page = await api.get(
+            f"/conversations/{cid}/messages", "bob", params={"limit": "100", "afterSeq": str(after)}
+        )
         if not page:
             break
         caught_up += [m["seq"] for m in page]
@@ -235,26 +298,45 @@ async def test_create_conversations(system, api):
     status, first = await api.post("/conversation", "alice", {"recipientIdArr": ["bob"], "isGroup": False, "title": ""})
     assert status == 200
     created = await bob.wait_frame(type="conversation-created")
-    assert created == {"type": "conversation-created", "conversationId": first["conversationId"], "title": None,
-                       "isGroup": False, "participantIds": ["alice", "bob"]}
+    assert created == {
+        "type": "conversation-created",
+        "conversationId": first["conversationId"],
+        "title": None,
+        "isGroup": False,
+        "participantIds": ["alice", "bob"],
+    }
     assert await api.post("/conversation", "alice", {"recipientIdArr": ["bob"], "isGroup": False}) == (200, first)
     assert await api.post("/conversation", "bob", {"recipientIdArr": ["alice"], "isGroup": False}) == (200, first)
     assert await api.get("/conversation/direct/bob", "alice") == (200, first)
 
-    status, group = await api.post("/conversation", "alice", {"recipientIdArr": ["bob", "carol"], "isGroup": True,
-                                                               "title": "Trip"})
+    status, group = await api.post(
+        "/conversation", "alice", {"recipientIdArr": ["bob", "carol"], "isGroup": True, "title": "Trip"}
+    )
     assert status == 200 and group != first
     frame = await carol.wait_frame(type="conversation-created", conversationId=group["conversationId"])
-    assert frame["title"] == "Trip" and frame["isGroup"] is True and frame["participantIds"] == ["alice", "bob", "carol"]
-    assert (await api.get(f"/conversations/{group['conversationId']}/participants", "carol"))[1] == ["alice", "bob", "carol"]
+    assert (
+        frame["title"] == "Trip" and frame["isGroup"] is True and frame["participantIds"] == ["alice", "bob", "carol"]
+    )
+    assert (await api.get(f"/conversations/{group['conversationId']}/participants", "carol"))[1] == [
+        "alice",
+        "bob",
+        "carol",
+    ]
     # the new conversation works on the real-time path
     await carol.send_message(uuid.UUID(group["conversationId"]), "hello all", temp_id="g1")
     await bob.wait_frame(type="new-message", tempMessageId="g1")
 
-    for body in ({"recipientIdArr": []}, {"recipientIdArr": ["bob", "carol"], "isGroup": False},
-                 {"recipientIdArr": ["bob"], "isGroup": True, "title": "x"},
-                 {"recipientIdArr": ["bob", "carol"], "isGroup": True}, {"recipientIdArr": ["alice"]},
-                 {"recipientIdArr": "bob"}, {"isGroup": False}, [1, 2], {"recipientIdArr": ["bob"], "isGroup": "yes"}):
+    for body in (
+        {"recipientIdArr": []},
+        {"recipientIdArr": ["bob", "carol"], "isGroup": False},
+        {"recipientIdArr": ["bob"], "isGroup": True, "title": "x"},
+        {"recipientIdArr": ["bob", "carol"], "isGroup": True},
+        {"recipientIdArr": ["alice"]},
+        {"recipientIdArr": "bob"},
+        {"isGroup": False},
+        [1, 2],
+        {"recipientIdArr": ["bob"], "isGroup": "yes"},
+    ):
         status, payload = await api.post("/conversation", "alice", body)
         assert status == 400 and payload["error"] == "bad_request", body
     status, payload, _ = await api.call("POST", "/conversation", "alice", raw=b"{not json")
@@ -278,21 +360,31 @@ def bad_tokens() -> dict[str, str]:
 async def test_every_route_checks_token_and_membership(system, api):
     cid = await system.conversation(["alice", "bob"])
     await seed(system, cid, [("alice", "secret")])
-    routes = [("GET", "/conversations", None), ("GET", f"/conversations/{cid}", None),
-              ("GET", f"/conversations/{cid}/messages", {"limit": "10", "offset": "0"}),
-              ("GET", f"/conversations/{cid}/participants", None), ("GET", "/conversation/direct/bob", None),
-              ("POST", "/conversation", None)]
+    routes = [
+        ("GET", "/conversations", None),
+        ("GET", f"/conversations/{cid}", None),
+        ("GET", f"/conversations/{cid}/messages", {"limit": "10", "offset": "0"}),
+        ("GET", f"/conversations/{cid}/participants", None),
+        ("GET", "/conversation/direct/bob", None),
+        ("POST", "/conversation", None),
+    ]
     for method, path, params in routes:
-        status, body, _ = await api.call(method, path, params=params, body={"recipientIdArr": ["bob"]} if method == "POST" else None)
+        status, body, _ = await api.call(
+            method, path, params=params, body={"recipientIdArr": ["bob"]} if method == "POST" else None
+        )
         assert status == 401 and body["error"] == "unauthorized", (path, "missing")
         for name, bad in bad_tokens().items():
-            status, body, _ = await api.call(method, path, auth=bad, params=params,
-                                             body={"recipientIdArr": ["bob"]} if method == "POST" else None)
+            status, body, _ = await api.call(
+                method, path, auth=bad, params=params, body={"recipientIdArr": ["bob"]} if method == "POST" else None
+            )
             assert status == 401, (path, name)
     status, body, _ = await api.call("GET", f"/conversations/{cid}", auth=f"Bearer {token('alice')}")
     assert status == 200  # Bearer works too
-    for path, params in ((f"/conversations/{cid}", None), (f"/conversations/{cid}/messages", {"limit": "1", "offset": "0"}),
-                         (f"/conversations/{cid}/participants", None)):
+    for path, params in (
+        (f"/conversations/{cid}", None),
+        (f"/conversations/{cid}/messages", {"limit": "1", "offset": "0"}),
+        (f"/conversations/{cid}/participants", None),
+    ):
         status, body = await api.get(path, "mallory", params=params)
         assert status == 404 and body["error"] == "not_found"
         unknown = path.replace(str(cid), str(uuid.uuid4()))
@@ -305,21 +397,33 @@ async def test_every_route_checks_token_and_membership(system, api):
 async def test_cors_and_openapi(system):
     query = await system.start("query", env={"CHAT_ALLOWED_ORIGINS": "https://app.example.com"})
     async with aiohttp.ClientSession() as session:
-        preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET",
-                     "Access-Control-Request-Headers": "Authorization"}
+        preflight = {
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "Authorization",
+        }
         async with session.options(f"{query.url}/conversations", headers=preflight) as resp:
             assert resp.status == 204
             assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
             assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
             assert "Content-Type" in resp.headers["Access-Control-Allow-Headers"]
-        async with session.options(f"{query.url}/conversations", headers={**preflight, "Origin": "https://evil.com"}) as resp:
+        async with session.options(
+            f"{query.url}/conversations", headers={**preflight, "Origin": "https://evil.com"}
+        ) as resp:
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
-        async with session.get(f"{query.url}/conversations", headers={"Origin": "https://app.example.com",
-                                                                       "Authorization": token("alice")}) as resp:
+        async with session.get(
+            f"{query.url}/conversations", headers={"Origin": "https://app.example.com", "Authorization": token("alice")}
+        ) as resp:
             assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
         async with session.get(f"{query.url}/openapi.json") as resp:
             doc = await resp.json()
         assert doc["openapi"] == "3.1.0" and doc == DOC
-        for path in ("/conversations", "/conversations/{conversationId}", "/conversations/{conversationId}/messages",
-                     "/conversations/{conversationId}/participants", "/conversation/direct/{userId}", "/conversation"):
+        for path in (
+            "/conversations",
+            "/conversations/{conversationId}",
+            "/conversations/{conversationId}/messages",
+            "/conversations/{conversationId}/participants",
+            "/conversation/direct/{userId}",
+            "/conversation",
+        ):
             assert path in doc["paths"]

@@ -19,16 +19,19 @@ ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 async def stored(system: System, cid: uuid.UUID) -> list[dict]:
     conn = await system.db()
     try:
-        rows = await conn.fetch("SELECT id, seq, sender_id, temp_message_id, content FROM messages "
-                                "WHERE conversation_id = $1 ORDER BY seq", cid)
+        rows = await conn.fetch(
+            "SELECT id, seq, sender_id, temp_message_id, content FROM messages WHERE conversation_id = $1 ORDER BY seq",
+            cid,
+        )
         return [dict(r) for r in rows]
     finally:
         await conn.close()
 
 
 def echo_of(temp_id: str):
-    return lambda frames: next((f for f in frames if f.get("type") == "new-message" and f["tempMessageId"] == temp_id),
-                               None)
+    return lambda frames: next(
+        (f for f in frames if f.get("type") == "new-message" and f["tempMessageId"] == temp_id), None
+    )
 
 
 async def test_pagenow_frames_produce_pagenow_frames(system):
@@ -36,8 +39,16 @@ async def test_pagenow_frames_produce_pagenow_frames(system):
     cid = await system.conversation(["alice", "bob"])
     alice, bob = await system.connect("alice"), await system.connect("bob")
     # exactly what PageNow's background.js sends
-    await alice.send(json.dumps({"action": "send-message", "tempMessageId": "1639811507123",
-                                 "conversationId": str(cid), "content": "Hello Bob"}))
+    await alice.send(
+        json.dumps(
+            {
+                "action": "send-message",
+                "tempMessageId": "1639811507123",
+                "conversationId": str(cid),
+                "content": "Hello Bob",
+            }
+        )
+    )
     echo = await alice.wait_for(echo_of("1639811507123"))
     assert set(echo) == {"type", "messageId", "tempMessageId", "conversationId", "senderId", "content", "sentAt", "seq"}
     assert echo["tempMessageId"] == "1639811507123"
@@ -47,10 +58,18 @@ async def test_pagenow_frames_produce_pagenow_frames(system):
     assert await bob.wait_for(echo_of("1639811507123")) == echo
 
     await bob.send(json.dumps({"action": "read-messages", "conversationId": str(cid)}))
-    assert await bob.wait_frame(type="read-messages") == {"type": "read-messages", "conversationId": str(cid),
-                                                          "userId": "bob", "lastReadSeq": 1}
-    assert await alice.wait_frame(type="read-receipt") == {"type": "read-receipt", "conversationId": str(cid),
-                                                           "userId": "bob", "lastReadSeq": 1}
+    assert await bob.wait_frame(type="read-messages") == {
+        "type": "read-messages",
+        "conversationId": str(cid),
+        "userId": "bob",
+        "lastReadSeq": 1,
+    }
+    assert await alice.wait_frame(type="read-receipt") == {
+        "type": "read-receipt",
+        "conversationId": str(cid),
+        "userId": "bob",
+        "lastReadSeq": 1,
+    }
     await bob.send(json.dumps({"action": "heartbeat"}))
     await bob.send(json.dumps({"action": "typing", "conversationId": str(cid)}))
     assert await alice.wait_frame(type="typing") == {"type": "typing", "conversationId": str(cid), "userId": "bob"}
@@ -59,9 +78,12 @@ async def test_pagenow_frames_produce_pagenow_frames(system):
 
     conn = await system.db()
     try:
-        row = await conn.fetchrow("SELECT last_read_seq FROM participants WHERE conversation_id=$1 AND user_id='bob'",
-                                  cid)
-        latest = await conn.fetchrow("SELECT last_seq, last_content, last_sender_id FROM conversations WHERE id=$1", cid)
+        row = await conn.fetchrow(
+            "SELECT last_read_seq FROM participants WHERE conversation_id=$1 AND user_id='bob'", cid
+        )
+        latest = await conn.fetchrow(
+            "SELECT last_seq, last_content, last_sender_id FROM conversations WHERE id=$1", cid
+        )
     finally:
         await conn.close()
     assert row["last_read_seq"] == 1
@@ -89,8 +111,10 @@ async def test_resending_a_temp_message_id_stores_one_message(system):
         ({"action": "shout", "conversationId": "x"}, "unknown_action"),
         ({"action": "send-message", "tempMessageId": "t", "content": "hi"}, "missing_field"),
         ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": " \n "}, "empty_content"),
-        ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "x" * 1001},
-         "content_too_long"),
+        (
+            {"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "x" * 1001},
+            "content_too_long",
+        ),
     ],
 )
 async def test_bad_frames_get_their_error_and_store_nothing(system, frame, code):
@@ -113,8 +137,13 @@ async def test_non_participant_cannot_send_or_read(system):
     mallory, alice = await system.connect("mallory"), await system.connect("alice")
     await mallory.send_message(cid, "let me in", temp_id="m1")
     error = await mallory.wait_frame(type="error")
-    assert error == {"type": "error", "code": "not_a_participant", "message": error["message"],
-                     "action": "send-message", "tempMessageId": "m1"}
+    assert error == {
+        "type": "error",
+        "code": "not_a_participant",
+        "message": error["message"],
+        "action": "send-message",
+        "tempMessageId": "m1",
+    }
     await mallory.send({"action": "read-messages", "conversationId": str(cid)})
     await mallory.wait_for(lambda fs: len([f for f in fs if f.get("type") == "error"]) == 2)
     assert mallory.of_type("error")[1]["code"] == "not_a_participant"
@@ -142,12 +171,15 @@ async def test_several_instances_every_connection_gets_every_event_in_order(syst
     await asyncio.gather(*(send_all(u, c) for u, c in clients.items()))
     total = per_sender * len(senders)
     for watcher in watchers:
-        await watcher.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= total,
-                               timeout=30)
+        await watcher.wait_for(
+            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= total, timeout=30
+        )
     rows = await stored(system, cid)
     assert [r["seq"] for r in rows] == list(range(1, total + 1))  # gapless
     for user in senders:  # each sender's messages in the order it sent them
-        assert [r["temp_message_id"] for r in rows if r["sender_id"] == user] == [f"{user}-{i}" for i in range(per_sender)]
+        assert [r["temp_message_id"] for r in rows if r["sender_id"] == user] == [
+            f"{user}-{i}" for i in range(per_sender)
+        ]
     for watcher in watchers:
         seen = [f for f in watcher.frames if f.get("type") == "new-message"]
         by_id = {f["messageId"]: f for f in seen}
@@ -212,9 +244,13 @@ async def _raw_websocket(port: int, user: str) -> tuple[asyncio.StreamReader, as
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
-    writer.write((f"GET /?Authorization={token(user)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /?Authorization={token(user)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
@@ -248,8 +284,9 @@ async def test_a_client_that_cannot_keep_up_is_closed_with_1013(system):
 
     await asyncio.gather(*(flood(c, cid) for c, cid in zip(clients, conversations)))
     for client in clients:  # the senders themselves are served normally
-        await client.wait_for(lambda fs: len([f for f in fs if f.get("type") == "new-message"]) >= 100 or None,
-                              timeout=60)
+        await client.wait_for(
+            lambda fs: len([f for f in fs if f.get("type") == "new-message"]) >= 100 or None, timeout=60
+        )
     assert await asyncio.wait_for(_close_code(reader), 60) == 1013
     writer.close()
     async with aiohttp.ClientSession() as session:

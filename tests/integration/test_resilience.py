@@ -25,8 +25,9 @@ async def all_stored(system: System) -> dict[str, dict]:
 
 def echoes(client: WsClient) -> dict[str, dict]:
     """tempMessageId -> echo frame, for the messages this client sent."""
-    return {f["tempMessageId"]: f for f in client.frames
-            if f.get("type") == "new-message" and f["senderId"] == client.user}
+    return {
+        f["tempMessageId"]: f for f in client.frames if f.get("type") == "new-message" and f["senderId"] == client.user
+    }
 
 
 def received_ids(client: WsClient) -> set[str]:
@@ -111,8 +112,10 @@ async def test_kill_9_a_writer_then_a_notifier_with_2000_messages_in_flight(syst
 
     for pairs in (wave1, wave2):
         for _, receiver, _ in pairs:
-            await receiver.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"})
-                                    >= 100 or None, timeout=30)
+            await receiver.wait_for(
+                lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 100 or None,
+                timeout=30,
+            )
     assert await check_guarantees(system, wave1 + wave2) == 4000
     # the survivors really took over the killed ones' partitions
     assert '"batch_stored"' in writer1.output() and '"events_routed"' in notifier1.output()
@@ -179,8 +182,9 @@ async def reliable_sender(client: WsClient, cid: uuid.UUID, count: int, tag: str
 
 
 def consumers_per_queue(system: System) -> dict[str, int]:
-    out = system.stack.rabbitmq.ctl("list_queues", "-p", system.vhost, "name", "consumers", "--quiet",
-                                    "--no-table-headers").stdout
+    out = system.stack.rabbitmq.ctl(
+        "list_queues", "-p", system.vhost, "name", "consumers", "--quiet", "--no-table-headers"
+    ).stdout
     return {line.split()[0]: int(line.split()[1]) for line in out.strip().splitlines() if line.strip()}
 
 
@@ -210,8 +214,10 @@ async def test_rabbitmq_then_redis_restart_mid_stream(system):
 
     await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
     for _, receiver, _ in pairs:
-        await receiver.wait_for(lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"})
-                                >= per_sender or None, timeout=60)
+        await receiver.wait_for(
+            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= per_sender or None,
+            timeout=60,
+        )
     assert await check_guarantees(system, pairs) == per_sender * len(pairs)
     for service in system.services:
         assert service.proc.poll() is None, f"{service.name} died"

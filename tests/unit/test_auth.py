@@ -15,8 +15,9 @@ from shared.auth import AuthError, AuthUnavailable, JwksCache, TokenVerifier, mi
 from shared.settings import JwtSettings
 
 SECRET = "s" * 40
-HS = JwtSettings(secret=SECRET, jwks_url=None, issuer=None, audience=None, algorithms=("HS256",),
-                 user_claim="cognito:username")
+HS = JwtSettings(
+    secret=SECRET, jwks_url=None, issuer=None, audience=None, algorithms=("HS256",), user_claim="cognito:username"
+)
 
 
 def claims(**kw):
@@ -73,13 +74,18 @@ async def test_leeway_is_bounded():
 
 
 async def test_issuer_and_audience_are_checked_when_configured():
-    settings = JwtSettings(secret=SECRET, jwks_url=None, issuer="https://idp", audience="app", algorithms=("HS256",),
-                           user_claim="sub")
+    settings = JwtSettings(
+        secret=SECRET, jwks_url=None, issuer="https://idp", audience="app", algorithms=("HS256",), user_claim="sub"
+    )
     verifier = TokenVerifier(settings)
     good = {"sub": "alice", "iss": "https://idp", "aud": "app", "exp": int(time.time()) + 60}
     assert await verifier.verify(jwt.encode(good, SECRET, algorithm="HS256")) == "alice"
-    for bad, reason in (({"iss": "https://evil"}, "issuer"), ({"aud": "other"}, "audience"),
-                        ({"iss": None}, "lacks iss"), ({"aud": None}, "lacks aud")):
+    for bad, reason in (
+        ({"iss": "https://evil"}, "issuer"),
+        ({"aud": "other"}, "audience"),
+        ({"iss": None}, "lacks iss"),
+        ({"aud": None}, "lacks aud"),
+    ):
         payload = {**good, **bad}
         payload = {k: v for k, v in payload.items() if v is not None}
         with pytest.raises(AuthError) as info:
@@ -138,8 +144,14 @@ async def aiohttp_server_factory():
 
 
 def jwks_verifier(endpoint, algorithms=("RS256", "ES256"), refresh=30.0):
-    settings = JwtSettings(secret=None, jwks_url=endpoint.url, issuer=None, audience=None,
-                           algorithms=algorithms, user_claim="cognito:username")
+    settings = JwtSettings(
+        secret=None,
+        jwks_url=endpoint.url,
+        issuer=None,
+        audience=None,
+        algorithms=algorithms,
+        user_claim="cognito:username",
+    )
     return TokenVerifier(settings, JwksCache(endpoint.url, refresh_interval=refresh, timeout=2))
 
 
@@ -157,16 +169,22 @@ async def test_rs256_and_es256_from_jwks(jwks):
 
 async def test_jwks_bad_tokens(jwks):
     verifier = jwks_verifier(jwks)
-    public_pem = jwks.rsa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = jwks.rsa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cases = {
         # HS/RS confusion: HMAC keyed with the public key, naming the real kid
         "confusion": hmac_token(public_pem, {"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}, claims()),
-        "none": b64(json.dumps({"alg": "none", "kid": "rsa-1"}).encode()) + "." + b64(json.dumps(claims()).encode()) + ".",
+        "none": b64(json.dumps({"alg": "none", "kid": "rsa-1"}).encode())
+        + "."
+        + b64(json.dumps(claims()).encode())
+        + ".",
         "forged": jwt.encode(claims(), other, algorithm="RS256", headers={"kid": "rsa-1"}),
         "no kid": jwt.encode(claims(), jwks.rsa, algorithm="RS256"),
-        "expired": jwt.encode(claims(exp=int(time.time()) - 100), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}),
+        "expired": jwt.encode(
+            claims(exp=int(time.time()) - 100), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}
+        ),
         "alg not allowed": jwt.encode(claims(), jwks.rsa, algorithm="RS512", headers={"kid": "rsa-1"}),
     }
     try:
@@ -195,7 +213,9 @@ async def test_rotated_key_is_found_by_refetch(jwks):
         assert await verifier.verify(jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}))
         rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         jwks.keys.append(Jwks.jwk(rotated, "rsa-2", "RS256"))
-        assert await verifier.verify(jwt.encode(claims(), rotated, algorithm="RS256", headers={"kid": "rsa-2"})) == "alice"
+        assert (
+            await verifier.verify(jwt.encode(claims(), rotated, algorithm="RS256", headers={"kid": "rsa-2"})) == "alice"
+        )
         assert jwks.fetches == 2
     finally:
         await verifier.close()
@@ -240,8 +260,9 @@ async def test_a_hanging_jwks_is_fetched_once_for_20_concurrent_connects_then_no
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/.well-known/jwks.json"
-    settings = JwtSettings(secret=None, jwks_url=url, issuer=None, audience=None, algorithms=("RS256",),
-                           user_claim="cognito:username")
+    settings = JwtSettings(
+        secret=None, jwks_url=url, issuer=None, audience=None, algorithms=("RS256",), user_claim="cognito:username"
+    )
     cache = JwksCache(url, timeout=1.0, retry_after=5.0)
     verifier = TokenVerifier(settings, cache)
     token = jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
@@ -262,8 +283,14 @@ async def test_a_hanging_jwks_is_fetched_once_for_20_concurrent_connects_then_no
 
 
 async def test_a_key_removed_from_the_jwks_stops_being_trusted(jwks):
-    settings = JwtSettings(secret=None, jwks_url=jwks.url, issuer=None, audience=None, algorithms=("RS256", "ES256"),
-                           user_claim="cognito:username")
+    settings = JwtSettings(
+        secret=None,
+        jwks_url=jwks.url,
+        issuer=None,
+        audience=None,
+        algorithms=("RS256", "ES256"),
+        user_claim="cognito:username",
+    )
     verifier = TokenVerifier(settings, JwksCache(jwks.url, max_age=0.2, timeout=2))
     token = jwt.encode(claims(), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
     try:
@@ -277,8 +304,15 @@ async def test_a_key_removed_from_the_jwks_stops_being_trusted(jwks):
 
 
 async def test_token_use_is_checked_when_configured():
-    settings = JwtSettings(secret=SECRET, jwks_url=None, issuer=None, audience=None, algorithms=("HS256",),
-                           user_claim="cognito:username", token_use="id")
+    settings = JwtSettings(
+        secret=SECRET,
+        jwks_url=None,
+        issuer=None,
+        audience=None,
+        algorithms=("HS256",),
+        user_claim="cognito:username",
+        token_use="id",
+    )
     verifier = TokenVerifier(settings)
     assert await verifier.verify(jwt.encode(claims(token_use="id"), SECRET, algorithm="HS256")) == "alice"
     for wrong in ({"token_use": "access"}, {}):

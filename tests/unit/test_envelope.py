@@ -5,8 +5,20 @@ import pytest
 
 from shared import envelope
 from shared.envelope import (
-    CommandRejected, Commands, ConversationCreated, Deliveries, Delivery, EnvelopeError, Events, MessageStored,
-    Origin, ReadMessages, ReadUpdated, SendMessage, StartTyping, TypingStarted,
+    CommandRejected,
+    Commands,
+    ConversationCreated,
+    Deliveries,
+    Delivery,
+    EnvelopeError,
+    Events,
+    MessageStored,
+    Origin,
+    ReadMessages,
+    ReadUpdated,
+    SendMessage,
+    StartTyping,
+    TypingStarted,
 )
 
 CID = uuid.uuid4()
@@ -14,25 +26,43 @@ ORIGIN = Origin("gw-1", "c1")
 
 
 def test_commands_round_trip():
-    batch = Commands(items=[
-        SendMessage(user_id="alice", conversation_id=CID, temp_message_id="t1", content="hi", origin=ORIGIN),
-        ReadMessages(user_id="bob", conversation_id=CID, origin=ORIGIN),
-        StartTyping(user_id="bob", conversation_id=CID, origin=ORIGIN),
-    ])
+    batch = Commands(
+        items=[
+            SendMessage(user_id="alice", conversation_id=CID, temp_message_id="t1", content="hi", origin=ORIGIN),
+            ReadMessages(user_id="bob", conversation_id=CID, origin=ORIGIN),
+            StartTyping(user_id="bob", conversation_id=CID, origin=ORIGIN),
+        ]
+    )
     assert envelope.decode(Commands, envelope.encode(batch)) == batch
 
 
 def test_events_round_trip():
     at = datetime(2021, 12, 18, 7, 11, 47, 123000, tzinfo=timezone.utc)
-    batch = Events(items=[
-        MessageStored(message_id=uuid.uuid4(), conversation_id=CID, seq=3, sender_id="alice", temp_message_id="t",
-                      content="hi", sent_at=at, participants=["alice", "bob"]),
-        ReadUpdated(conversation_id=CID, user_id="bob", last_read_seq=3, participants=["alice", "bob"]),
-        TypingStarted(conversation_id=CID, user_id="bob", participants=["alice", "bob"]),
-        ConversationCreated(conversation_id=CID, title=None, is_group=False, participants=["alice", "bob"]),
-        CommandRejected(origin=ORIGIN, code="not_a_participant", message="no", action="send-message",
-                        temp_message_id="t", conversation_id=CID),
-    ])
+    batch = Events(
+        items=[
+            MessageStored(
+                message_id=uuid.uuid4(),
+                conversation_id=CID,
+                seq=3,
+                sender_id="alice",
+                temp_message_id="t",
+                content="hi",
+                sent_at=at,
+                participants=["alice", "bob"],
+            ),
+            ReadUpdated(conversation_id=CID, user_id="bob", last_read_seq=3, participants=["alice", "bob"]),
+            TypingStarted(conversation_id=CID, user_id="bob", participants=["alice", "bob"]),
+            ConversationCreated(conversation_id=CID, title=None, is_group=False, participants=["alice", "bob"]),
+            CommandRejected(
+                origin=ORIGIN,
+                code="not_a_participant",
+                message="no",
+                action="send-message",
+                temp_message_id="t",
+                conversation_id=CID,
+            ),
+        ]
+    )
     decoded = envelope.decode(Events, envelope.encode(batch))
     assert decoded == batch
     assert decoded.items[0].sent_at == at

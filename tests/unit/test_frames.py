@@ -17,12 +17,18 @@ def frame(**kw):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (frame(action="send-message", tempMessageId="t1", conversationId=CID, content="hello"),
-         SendFrame("t1", uuid.UUID(CID), "hello")),
-        (frame(action="send-message", tempMessageId="t1", conversationId=CID, content="  hi \n\t "),
-         SendFrame("t1", uuid.UUID(CID), "  hi")),
-        (frame(action="send-message", tempMessageId="t", conversationId=CID, content="x" * 1000 + "   "),
-         SendFrame("t", uuid.UUID(CID), "x" * 1000)),
+        (
+            frame(action="send-message", tempMessageId="t1", conversationId=CID, content="hello"),
+            SendFrame("t1", uuid.UUID(CID), "hello"),
+        ),
+        (
+            frame(action="send-message", tempMessageId="t1", conversationId=CID, content="  hi \n\t "),
+            SendFrame("t1", uuid.UUID(CID), "  hi"),
+        ),
+        (
+            frame(action="send-message", tempMessageId="t", conversationId=CID, content="x" * 1000 + "   "),
+            SendFrame("t", uuid.UUID(CID), "x" * 1000),
+        ),
         (frame(action="read-messages", conversationId=CID), ReadFrame(uuid.UUID(CID))),
         (frame(action="typing", conversationId=CID), TypingFrame(uuid.UUID(CID))),
         (frame(action="heartbeat"), HeartbeatFrame()),
@@ -51,8 +57,11 @@ def test_valid_frames(text, expected):
         (frame(action="send-message", tempMessageId=7, conversationId=CID, content="hi"), "invalid_frame", None),
         (frame(action="send-message", tempMessageId="t1", conversationId=CID, content="   \n"), "empty_content", "t1"),
         (frame(action="send-message", tempMessageId="t1", conversationId=CID, content=""), "empty_content", "t1"),
-        (frame(action="send-message", tempMessageId="t1", conversationId=CID, content="x" * 1001),
-         "content_too_long", "t1"),
+        (
+            frame(action="send-message", tempMessageId="t1", conversationId=CID, content="x" * 1001),
+            "content_too_long",
+            "t1",
+        ),
         (frame(action="read-messages"), "missing_field", None),
         (frame(action="typing", conversationId=12), "invalid_frame", None),
     ],
@@ -72,16 +81,39 @@ def test_sent_at_is_iso_utc_with_millis_and_z():
 
 def test_new_message_frame_has_pagenow_fields_plus_seq():
     mid = uuid.uuid4()
-    data = json.loads(frames.new_message(
-        message_id=mid, temp_message_id="t1", conversation_id=uuid.UUID(CID), sender_id="alice", content="hi",
-        sent_at=datetime(2021, 12, 18, 7, 11, 47, 123000, tzinfo=timezone.utc), seq=7,
-    ))
-    assert data == {"type": "new-message", "messageId": str(mid), "tempMessageId": "t1", "conversationId": CID,
-                    "senderId": "alice", "content": "hi", "sentAt": "2021-12-18T07:11:47.123Z", "seq": 7}
+    data = json.loads(
+        frames.new_message(
+            message_id=mid,
+            temp_message_id="t1",
+            conversation_id=uuid.UUID(CID),
+            sender_id="alice",
+            content="hi",
+            sent_at=datetime(2021, 12, 18, 7, 11, 47, 123000, tzinfo=timezone.utc),
+            seq=7,
+        )
+    )
+    assert data == {
+        "type": "new-message",
+        "messageId": str(mid),
+        "tempMessageId": "t1",
+        "conversationId": CID,
+        "senderId": "alice",
+        "content": "hi",
+        "sentAt": "2021-12-18T07:11:47.123Z",
+        "seq": 7,
+    }
 
 
 def test_error_frame_echoes_action_and_temp_id_only_when_known():
-    assert json.loads(frames.error("rate_limited", "slow down")) == {"type": "error", "code": "rate_limited",
-                                                                     "message": "slow down"}
+    assert json.loads(frames.error("rate_limited", "slow down")) == {
+        "type": "error",
+        "code": "rate_limited",
+        "message": "slow down",
+    }
     assert json.loads(frames.error("unavailable", "retry", action="send-message", temp_message_id="t")) == {
-        "type": "error", "code": "unavailable", "message": "retry", "action": "send-message", "tempMessageId": "t"}
+        "type": "error",
+        "code": "unavailable",
+        "message": "retry",
+        "action": "send-message",
+        "tempMessageId": "t",
+    }

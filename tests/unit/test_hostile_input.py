@@ -8,7 +8,8 @@ import json
 import string
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from query import paging
 from query.paging import ParamError
@@ -18,8 +19,9 @@ CID = "6f1c54f6-3e0e-4a4b-9c6a-1d2e3f4a5b6c"
 
 
 def send(**fields: object) -> str:
-    return json.dumps({"action": "send-message", "tempMessageId": "t1", "conversationId": CID, "content": "hi",
-                       **fields})
+    return json.dumps(
+        {"action": "send-message", "tempMessageId": "t1", "conversationId": CID, "content": "hi", **fields}
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,8 +65,10 @@ def test_nesting_up_to_32_levels_is_fine():
 
 def test_authenticate_frame():
     assert frames.parse('{"action":"authenticate","token":"abc"}') == frames.AuthenticateFrame("abc")
-    for bad, code in (('{"action":"authenticate"}', "missing_field"), ('{"action":"authenticate","token":5}',
-                                                                        "invalid_frame")):
+    for bad, code in (
+        ('{"action":"authenticate"}', "missing_field"),
+        ('{"action":"authenticate","token":5}', "invalid_frame"),
+    ):
         with pytest.raises(frames.FrameError) as info:
             frames.parse(bad)
         assert info.value.code == code and info.value.action == "authenticate"
@@ -127,8 +131,13 @@ json_values = st.recursive(
 )
 frame_like = st.fixed_dictionaries(
     {"action": st.sampled_from([*frames.ACTIONS, "nope"]) | st.text(max_size=5)},
-    optional={"tempMessageId": st.text(max_size=200) | st.integers(), "conversationId": st.uuids().map(str) | st.text(),
-              "content": st.text(max_size=1200) | json_values, "token": st.text(max_size=20), "x": json_values},
+    optional={
+        "tempMessageId": st.text(max_size=200) | st.integers(),
+        "conversationId": st.uuids().map(str) | st.text(),
+        "content": st.text(max_size=1200) | json_values,
+        "token": st.text(max_size=20),
+        "x": json_values,
+    },
 )
 OURS = (frames.FrameError,)
 
@@ -138,8 +147,10 @@ def parsed_or_ours(text: str | bytes) -> None:
         result = frames.parse(text)
     except OURS:
         return
-    assert isinstance(result, (frames.SendFrame, frames.ReadFrame, frames.TypingFrame, frames.HeartbeatFrame,
-                               frames.AuthenticateFrame))
+    assert isinstance(
+        result,
+        (frames.SendFrame, frames.ReadFrame, frames.TypingFrame, frames.HeartbeatFrame, frames.AuthenticateFrame),
+    )
     if isinstance(result, frames.SendFrame):
         assert untrusted.storable(result.content) and untrusted.storable(result.temp_message_id)
         assert 1 <= len(result.content) <= frames.MAX_CONTENT
@@ -167,8 +178,13 @@ query_text = st.text(max_size=25) | st.sampled_from(["0", "-1", "²", "--5", "9"
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(st.sampled_from(["limit", "offset", "beforeSeq", "afterSeq", "order", "isRead", "before"]),
-                       query_text, max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(["limit", "offset", "beforeSeq", "afterSeq", "order", "isRead", "before"]),
+        query_text,
+        max_size=5,
+    )
+)
 def test_any_query_parameters_give_a_page_or_a_400(params):
     for parse in (paging.history, paging.conversation_list):
         try:
@@ -180,9 +196,17 @@ def test_any_query_parameters_give_a_page_or_a_400(params):
 
 
 @settings(max_examples=300, deadline=None)
-@given(json_values | st.fixed_dictionaries({}, optional={"recipientIdArr": st.lists(st.text(max_size=60), max_size=5)
-                                                          | json_values, "isGroup": json_values,
-                                                          "title": st.text(max_size=120) | json_values}))
+@given(
+    json_values
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "recipientIdArr": st.lists(st.text(max_size=60), max_size=5) | json_values,
+            "isGroup": json_values,
+            "title": st.text(max_size=120) | json_values,
+        },
+    )
+)
 def test_any_conversation_body_gives_a_value_or_a_400(body):
     try:
         new = paging.new_conversation(body, "alice")

@@ -65,8 +65,11 @@ def test_cursor_round_trip_and_default_limit():
     [
         ({"recipientIdArr": ["bob"], "isGroup": False}, "alice", paging.NewConversation(["bob"], False, None)),
         ({"recipientIdArr": ["bob", "alice"]}, "alice", paging.NewConversation(["bob"], False, None)),
-        ({"recipientIdArr": ["b", "c", "b"], "isGroup": True, "title": " Team "}, "a",
-         paging.NewConversation(["b", "c"], True, "Team")),
+        (
+            {"recipientIdArr": ["b", "c", "b"], "isGroup": True, "title": " Team "},
+            "a",
+            paging.NewConversation(["b", "c"], True, "Team"),
+        ),
     ],
 )
 def test_new_conversation_bodies(body, caller, expected):
@@ -76,12 +79,21 @@ def test_new_conversation_bodies(body, caller, expected):
 @pytest.mark.parametrize(
     "body",
     [
-        None, [], "x", {}, {"recipientIdArr": []}, {"recipientIdArr": "bob"}, {"recipientIdArr": [5]},
-        {"recipientIdArr": ["x" * 51]}, {"recipientIdArr": ["bob", "carol"], "isGroup": False},
-        {"recipientIdArr": ["alice"]}, {"recipientIdArr": ["bob"], "isGroup": "no"},
-        {"recipientIdArr": ["bob", "carol"], "isGroup": True}, {"recipientIdArr": ["bob", "carol"], "isGroup": True,
-                                                                 "title": "  "},
-        {"recipientIdArr": ["bob"], "isGroup": True, "title": "t"}, {"recipientIdArr": ["bob"], "title": 5},
+        None,
+        [],
+        "x",
+        {},
+        {"recipientIdArr": []},
+        {"recipientIdArr": "bob"},
+        {"recipientIdArr": [5]},
+        {"recipientIdArr": ["x" * 51]},
+        {"recipientIdArr": ["bob", "carol"], "isGroup": False},
+        {"recipientIdArr": ["alice"]},
+        {"recipientIdArr": ["bob"], "isGroup": "no"},
+        {"recipientIdArr": ["bob", "carol"], "isGroup": True},
+        {"recipientIdArr": ["bob", "carol"], "isGroup": True, "title": "  "},
+        {"recipientIdArr": ["bob"], "isGroup": True, "title": "t"},
+        {"recipientIdArr": ["bob"], "title": 5},
         {"recipientIdArr": ["b", "c"], "isGroup": True, "title": "t" * 101},
     ],
 )

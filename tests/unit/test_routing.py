@@ -4,7 +4,12 @@ from datetime import datetime, timezone
 
 from notifier.routing import BROADCAST, plan, users_of
 from shared.envelope import (
-    CommandRejected, ConversationCreated, MessageStored, Origin, ReadUpdated, TypingStarted,
+    CommandRejected,
+    ConversationCreated,
+    MessageStored,
+    Origin,
+    ReadUpdated,
+    TypingStarted,
 )
 from shared.registry import REFRESH_SECONDS, registry_trusted
 
@@ -13,8 +18,16 @@ AT = datetime(2022, 1, 1, tzinfo=timezone.utc)
 
 
 def stored(seq=1, participants=("alice", "bob", "carol")):
-    return MessageStored(message_id=uuid.uuid4(), conversation_id=CID, seq=seq, sender_id="alice",
-                         temp_message_id=f"t{seq}", content="hi", sent_at=AT, participants=list(participants))
+    return MessageStored(
+        message_id=uuid.uuid4(),
+        conversation_id=CID,
+        seq=seq,
+        sender_id="alice",
+        temp_message_id=f"t{seq}",
+        content="hi",
+        sent_at=AT,
+        participants=list(participants),
+    )
 
 
 def decode(deliveries):
@@ -56,8 +69,14 @@ def test_conversation_created_goes_to_every_participant():
 
 
 def test_rejection_goes_to_the_one_connection_that_sent_it():
-    event = CommandRejected(origin=Origin("gw9", "conn-1"), code="not_a_participant", message="no",
-                            action="send-message", temp_message_id="t1", conversation_id=CID)
+    event = CommandRejected(
+        origin=Origin("gw9", "conn-1"),
+        code="not_a_participant",
+        message="no",
+        action="send-message",
+        temp_message_id="t1",
+        conversation_id=CID,
+    )
     out = plan([event], {}, trusted=True)
     assert decode(out["gw9"]) == [("error", [], "conn-1")]
     assert json.loads(out["gw9"][0].frame)["tempMessageId"] == "t1"
@@ -73,7 +92,10 @@ def test_offline_recipients_produce_nothing():
 
 
 def test_users_of_lists_each_recipient_once():
-    events = [stored(1), ReadUpdated(conversation_id=CID, user_id="dave", last_read_seq=1, participants=["alice", "dave"])]
+    events = [
+        stored(1),
+        ReadUpdated(conversation_id=CID, user_id="dave", last_read_seq=1, participants=["alice", "dave"]),
+    ]
     assert users_of(events) == ["alice", "bob", "carol", "dave"]
 
 

@@ -45,12 +45,18 @@ def test_instance_ids_are_unique_by_default():
         ({"CHAT_JWT_JWKS_URL": "https://idp/.well-known/jwks.json"}, {"jwt": True}, "CHAT_JWT_SECRET"),
         ({"CHAT_JWT_ALGORITHMS": "RS256"}, {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
         ({"CHAT_JWT_ALGORITHMS": "none"}, {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
-        ({"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks", "CHAT_JWT_ALGORITHMS": "HS256"},
-         {"jwt": True}, "CHAT_JWT_ALGORITHMS"),
+        (
+            {"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks", "CHAT_JWT_ALGORITHMS": "HS256"},
+            {"jwt": True},
+            "CHAT_JWT_ALGORITHMS",
+        ),
         ({"CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "ftp://idp/jwks"}, {"jwt": True}, "CHAT_JWT_JWKS_URL"),
         ({"CHAT_DEV_LOGIN": "sure"}, {"jwt": True}, "CHAT_DEV_LOGIN"),
-        ({"CHAT_DEV_LOGIN": "true", "CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks"}, {"jwt": True},
-         "CHAT_DEV_LOGIN"),
+        (
+            {"CHAT_DEV_LOGIN": "true", "CHAT_JWT_SECRET": None, "CHAT_JWT_JWKS_URL": "https://idp/jwks"},
+            {"jwt": True},
+            "CHAT_DEV_LOGIN",
+        ),
     ],
 )
 def test_bad_or_missing_setting_names_the_variable(change, needs, variable):
@@ -75,10 +81,15 @@ def test_settings_that_are_not_needed_are_not_read():
 
 def test_jwks_settings_and_origins():
     env = {k: v for k, v in BASE.items() if k != "CHAT_JWT_SECRET"}
-    env.update({"CHAT_JWT_JWKS_URL": "https://cognito-idp.eu-west-1.amazonaws.com/pool/.well-known/jwks.json",
-                "CHAT_JWT_ISSUER": "https://cognito-idp.eu-west-1.amazonaws.com/pool", "CHAT_JWT_AUDIENCE": "client",
-                "CHAT_JWT_ALGORITHMS": "RS256, ES256",
-                "CHAT_ALLOWED_ORIGINS": "https://app.example.com, chrome-extension://abcdef/"})
+    env.update(
+        {
+            "CHAT_JWT_JWKS_URL": "https://cognito-idp.eu-west-1.amazonaws.com/pool/.well-known/jwks.json",
+            "CHAT_JWT_ISSUER": "https://cognito-idp.eu-west-1.amazonaws.com/pool",
+            "CHAT_JWT_AUDIENCE": "client",
+            "CHAT_JWT_ALGORITHMS": "RS256, ES256",
+            "CHAT_ALLOWED_ORIGINS": "https://app.example.com, chrome-extension://abcdef/",
+        }
+    )
     s = load("query", env, jwt=True)
     assert s.jwt is not None
     assert s.jwt.algorithms == ("RS256", "ES256") and s.jwt.secret is None
@@ -97,8 +108,10 @@ def test_development_secrets_are_refused_in_production():
         ({"CHAT_JWT_SECRET": dev_secret}, "development secret"),
         ({"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_JWT_ISSUER": "https://idp"}, "CHAT_JWT_ISSUER"),
         ({"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_JWT_AUDIENCE": "app"}, "CHAT_JWT_AUDIENCE"),
-        ({"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_ALLOWED_ORIGINS": "https://chat.example.com"},
-         "CHAT_ALLOWED_ORIGINS"),
+        (
+            {"CHAT_JWT_SECRET": "x" * 40, "CHAT_DEV_LOGIN": "true", "CHAT_ALLOWED_ORIGINS": "https://chat.example.com"},
+            "CHAT_ALLOWED_ORIGINS",
+        ),
     ]
     for env, words in refused:
         with pytest.raises(SettingsError) as info:

@@ -23,7 +23,10 @@ from writer.plan import UNRESOLVED, Conversation, Stored, plan
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=timezone.utc)
 C1, C2, GONE = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=99)
 ORIGIN = Origin("gw-1", "conn-1")
-STATE = {C1: Conversation(last_seq=4, members=("alice", "bob")), C2: Conversation(last_seq=0, members=("alice", "carol"))}
+STATE = {
+    C1: Conversation(last_seq=4, members=("alice", "bob")),
+    C2: Conversation(last_seq=0, members=("alice", "carol")),
+}
 
 
 def send(user: str, cid: uuid.UUID, temp: str, content: str = "hi") -> SendMessage:
@@ -57,20 +60,39 @@ def summary(events):
     ("commands", "expected"),
     [
         # numbering continues from last_seq, per conversation, in command order
-        ([send("alice", C1, "a"), send("bob", C1, "b"), send("alice", C2, "c")],
-         [("stored", 1, 5, "a"), ("stored", 1, 6, "b"), ("stored", 2, 1, "c")]),
+        (
+            [send("alice", C1, "a"), send("bob", C1, "b"), send("alice", C2, "c")],
+            [("stored", 1, 5, "a"), ("stored", 1, 6, "b"), ("stored", 2, 1, "c")],
+        ),
         # refusals take no seq
-        ([send("alice", GONE, "x"), send("carol", C1, "y"), send("alice", C1, "e", "  \n "), send("alice", C1, "ok")],
-         [("rejected", "unknown_conversation", "x"), ("rejected", "not_a_participant", "y"),
-          ("rejected", "empty_content", "e"), ("stored", 1, 5, "ok")]),
-        ([send("alice", C1, "long", "x" * 1001), send("alice", C1, "", "hi")],
-         [("rejected", "content_too_long", "long"), ("rejected", "invalid_frame", "")]),
+        (
+            [
+                send("alice", GONE, "x"),
+                send("carol", C1, "y"),
+                send("alice", C1, "e", "  \n "),
+                send("alice", C1, "ok"),
+            ],
+            [
+                ("rejected", "unknown_conversation", "x"),
+                ("rejected", "not_a_participant", "y"),
+                ("rejected", "empty_content", "e"),
+                ("stored", 1, 5, "ok"),
+            ],
+        ),
+        (
+            [send("alice", C1, "long", "x" * 1001), send("alice", C1, "", "hi")],
+            [("rejected", "content_too_long", "long"), ("rejected", "invalid_frame", "")],
+        ),
         # a second copy in the same batch is a duplicate of the first
         ([send("alice", C1, "d"), send("alice", C1, "d")], [("stored", 1, 5, "d"), ("stored", 1, 5, "d")]),
         # read and typing are announced to the conversation's members
-        ([ReadMessages(user_id="bob", conversation_id=C1, origin=ORIGIN),
-          StartTyping(user_id="alice", conversation_id=C2, origin=ORIGIN)],
-         [("read", 1, "bob"), ("typing", 2, "alice")]),
+        (
+            [
+                ReadMessages(user_id="bob", conversation_id=C1, origin=ORIGIN),
+                StartTyping(user_id="alice", conversation_id=C2, origin=ORIGIN),
+            ],
+            [("read", 1, "bob"), ("typing", 2, "alice")],
+        ),
     ],
 )
 def test_plan_table(commands, expected):
@@ -95,8 +117,13 @@ def test_empty_content_rejection_carries_the_temp_id():
 
 
 def test_rows_latest_and_read_pointers():
-    result = run([send("alice", C1, "a", "one  "), send("bob", C1, "b", "two"),
-                  ReadMessages(user_id="alice", conversation_id=C1, origin=ORIGIN)])
+    result = run(
+        [
+            send("alice", C1, "a", "one  "),
+            send("bob", C1, "b", "two"),
+            ReadMessages(user_id="alice", conversation_id=C1, origin=ORIGIN),
+        ]
+    )
     assert [(m.seq, m.content) for m in result.new_messages] == [(5, "one"), (6, "two")]  # trailing space trimmed
     assert result.latest[C1].seq == 6 and result.latest[C1].sender_id == "bob"
     assert result.read_to == {(C1, "alice"): 6, (C1, "bob"): 6}
@@ -108,8 +135,15 @@ def test_rows_latest_and_read_pointers():
 
 
 def test_a_resend_of_a_stored_message_announces_the_original():
-    old = Stored(id=uuid.UUID(int=7), conversation_id=C1, seq=3, sender_id="alice", temp_message_id="t",
-                 content="first", sent_at=NOW)
+    old = Stored(
+        id=uuid.UUID(int=7),
+        conversation_id=C1,
+        seq=3,
+        sender_id="alice",
+        temp_message_id="t",
+        content="first",
+        sent_at=NOW,
+    )
     result = run([send("alice", C1, "t", "changed")], existing={("alice", "t"): old})
     assert not result.new_messages and result.duplicates == 1
     (event,) = result.events
@@ -117,8 +151,15 @@ def test_a_resend_of_a_stored_message_announces_the_original():
 
 
 def test_a_temp_id_reused_in_another_conversation_is_refused_not_echoed():
-    old = Stored(id=uuid.UUID(int=7), conversation_id=C2, seq=1, sender_id="alice", temp_message_id="t",
-                 content="to carol", sent_at=NOW)
+    old = Stored(
+        id=uuid.UUID(int=7),
+        conversation_id=C2,
+        seq=1,
+        sender_id="alice",
+        temp_message_id="t",
+        content="to carol",
+        sent_at=NOW,
+    )
     result = run([send("alice", C1, "t", "to bob")], existing={("alice", "t"): old})
     assert summary(result.events) == [("rejected", "invalid_frame", "t")]
     assert not result.new_messages
