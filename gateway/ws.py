@@ -1,4 +1,4 @@
-"""The WebSocket endpoint (contract sections 2 and 5): authenticate, admit, then read frames."""
+"""The WebSocket endpoint (docs/protocol.md sections 2 and 5): authenticate, admit, then read frames."""
 
 from __future__ import annotations
 

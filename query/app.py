@@ -1,4 +1,4 @@
-"""The query service (contract section 3): PageNow's REST reads, cursors, unread counts.
+"""The query service (docs/protocol.md section 3): PageNow's REST reads, cursors, unread counts.
 
 Every route verifies the token (raw or ``Bearer``) and checks membership; a caller who is not
 a participant gets 404, exactly as if the conversation did not exist.

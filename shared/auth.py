@@ -1,4 +1,4 @@
-"""JWT verification (contract section 1).
+"""JWT verification (docs/protocol.md section 1).
 
 Two key sources: an HS256 secret, or RS256/ES256 keys from a JWKS document fetched with
 aiohttp, cached, and refetched on an unknown ``kid`` at most once per ``refresh_interval``.

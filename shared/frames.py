@@ -1,4 +1,4 @@
-"""WebSocket frames (contract section 2): parsing what clients send, rendering what they get.
+"""WebSocket frames (docs/protocol.md section 2): parsing what clients send, rendering what they get.
 
 Pure functions, no I/O. Client frames are PageNow's (``action``-routed JSON); server frames are
 discriminated by ``type`` with camelCase keys.

@@ -1,4 +1,4 @@
-"""JSON from clients, decoded and checked once at the edge (contract section 5). Pure.
+"""JSON from clients, decoded and checked once at the edge (docs/protocol.md section 5). Pure.
 
 Clients may send any text JSON can carry; the backend refuses, with the field's name, what it
 cannot store or handle as sent: U+0000 and unpaired surrogates (Postgres ``text`` and UTF-8

@@ -1,4 +1,4 @@
-"""Hostile clients against real servers (contract section 5): one user's bad input or flood
+"""Hostile clients against real servers (docs/protocol.md section 5): one user's bad input or flood
 costs that user alone: an error, a limit, a closed socket; never another user's message."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hostile input at the edges: table tests and properties. Whatever a client sends, the frame
 parser and every REST parameter parser return a typed value or our own error, never another
-exception (contract section 5)."""
+exception (docs/protocol.md section 5)."""
 
 from __future__ import annotations
 
