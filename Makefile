@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run test deps test-deps venv lint token clean
 
 run: deps venv ## start Postgres, Redis, RabbitMQ and the four services; Ctrl-C stops them all
-	$(VENV)/bin/chat-devstack run
+	$(PY) -m devtools.stack run
 
 test: deps test-deps venv ## the full test suite (starts its own private servers)
 	$(PY) -m pytest
@@ -46,7 +46,7 @@ lint: venv ## ruff (lint, import order, format check) and mypy --strict on the f
 	$(VENV)/bin/mypy
 
 token: venv ## print a development token: make token USER=alice
-	@$(VENV)/bin/chat-dev-token $(USER)
+	@$(PY) -m devtools.tokens $(USER)
 
 clean:
 	rm -rf .state $(VENV) *.egg-info

@@ -7,7 +7,7 @@ ids, reads of unknown conversations, U+0000 content, deep nesting, unknown actio
 Each socket stays within its strike budget, so none is closed and what is measured is what the
 frames leave behind. Then one socket floods alone until it is closed with 1008.
 
-    python bench/hostile.py --connections 500 --frames 10000
+    python -m bench.hostile --connections 500 --frames 10000
 """
 
 from __future__ import annotations
@@ -21,18 +21,15 @@ import platform
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack, spawn_service, stop_processes, wait_ready  # noqa: E402
-from shared.migrate import migrate  # noqa: E402
+from devtools.stack import Stack, spawn_service, stop_processes, wait_ready
+from shared.auth import mint
+from shared.migrate import migrate
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 

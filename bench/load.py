@@ -1,13 +1,13 @@
 """Load generator for the real-time path: send-to-delivery latency and delivered messages/s.
 
-It starts its own private Postgres, Redis and RabbitMQ (shared/devstack.py, ports 26431-26435, services from 26501)
+It starts its own private Postgres, Redis and RabbitMQ (devtools/stack.py, ports 26431-26435, services from 26501)
 and the services, as processes on this machine, creates ``--users`` users in conversations of
 ``--size``, opens one WebSocket per user and sends at ``--rate`` messages/s in total, spread
 evenly over the users. Latency is measured from just before a send to the arrival of the
 ``new-message`` frame at each participant's connection (the sender's echo included).
 
-    python bench/load.py --users 500 --size 5 --rate 1000 --seconds 20
-    python bench/load.py --users 500 --size 5 --step 250,500,1000,2000,3000 --seconds 15
+    python -m bench.load --users 500 --size 5 --rate 1000 --seconds 20
+    python -m bench.load --users 500 --size 5 --step 250,500,1000,2000,3000 --seconds 15
 
 Step mode runs each rate in turn and reports the highest one that kept p99 <= 200 ms with
 nothing lost.
@@ -33,12 +33,10 @@ import aiohttp
 import asyncpg
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack, spawn_service, stop_processes, wait_ready  # noqa: E402
-from shared.migrate import migrate  # noqa: E402
-from shared.service import install_uvloop  # noqa: E402
+from devtools.stack import Stack, spawn_service, stop_processes, wait_ready
+from shared.auth import mint
+from shared.migrate import migrate
+from shared.service import install_uvloop
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent

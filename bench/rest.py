@@ -6,7 +6,7 @@ the user ``me`` being in ``--mine`` of them, then runs ``--clients`` concurrent 
 ``--seconds`` per endpoint and prints p50/p99 latency and requests/s. It also prints the
 EXPLAIN ANALYZE of the conversation-list query.
 
-    python bench/rest.py --messages 1000000 --conversations 10000 --mine 1000 --clients 50 --seconds 20
+    python -m bench.rest --messages 1000000 --conversations 10000 --mine 1000 --clients 50 --seconds 20
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from query import store  # noqa: E402
-from shared.auth import mint  # noqa: E402
-from shared.devstack import Stack, spawn_service, stop_processes, wait_ready  # noqa: E402
-from shared.migrate import migrate  # noqa: E402
-from shared.service import install_uvloop  # noqa: E402
+from devtools.stack import Stack, spawn_service, stop_processes, wait_ready
+from query import store
+from shared.auth import mint
+from shared.migrate import migrate
+from shared.service import install_uvloop
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import log as logging
 from shared import topology
 from shared.amqp import PREFETCH, Broker
 from shared.auth import TokenVerifier
+from shared.log import get_logger
 from shared.ops import access_log, add_routes
 from shared.registry import REDIS_ERRORS, Registry, redis_client
 from shared.service import fatal
@@ -29,7 +29,7 @@ from .publisher import CommandPublisher
 from .state import GATEWAY, Gateway
 from .ws import websocket
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -53,7 +53,6 @@ def create_app(settings: Settings) -> web.Application:
         settings=settings,
         readiness=readiness,
         verifier=TokenVerifier(settings.jwt),
-        redis=redis,
         registry=Registry(redis),
         broker=broker,
         publisher=CommandPublisher(broker, settings.partitions),

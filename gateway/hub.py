@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import prometheus_client
 from aiohttp import WSCloseCode, web
 
-from shared import log as logging
+from shared.log import get_logger
 from shared.settings import Limits
 
 from .limits import UserLimits
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 OUTBOX_LIMIT = 1024  # frames queued toward one socket before it counts as unable to keep up
 TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT = 5.0

@@ -14,12 +14,12 @@ import time
 
 import prometheus_client
 
-from shared import log as logging
+from shared.log import get_logger
 from shared.registry import LEASE_SECONDS, REDIS_ERRORS, REFRESH_SECONDS
 
 from .state import Gateway
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 SERVICE_RESTART = 1012
 MARGIN_SECONDS = 5.0  # close this long before the oldest lease would lapse
 

@@ -18,12 +18,12 @@ from collections.abc import Callable
 import prometheus_client
 
 from shared import envelope, topology
-from shared import log as logging
 from shared.amqp import Broker, Unavailable
 from shared.envelope import Command, Commands
+from shared.log import get_logger
 from shared.tasks import cancel_and_wait
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 FailureCallback = Callable[[str], None]
 
 FLUSH_SIZE = prometheus_client.Histogram(

@@ -16,15 +16,15 @@ import uuid
 import prometheus_client
 
 from shared import frames
-from shared import log as logging
 from shared.auth import AuthError, AuthUnavailable, Identity
 from shared.envelope import Command, Origin, ReadMessages, SendMessage, StartTyping
+from shared.log import get_logger
 
 from .hub import Connection
 from .limits import FRAMES, STRIKES, TokenBucket, UserLimits
 from .state import Gateway
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 POLICY_VIOLATION = 1008
 TOKEN_EXPIRED = 4001
 TYPING_INTERVAL = 1.0  # one typing frame per conversation per second reaches the others

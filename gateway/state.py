@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from shared.amqp import Broker
 from shared.auth import TokenVerifier
@@ -22,7 +21,6 @@ class Gateway:
     settings: Settings
     readiness: Readiness
     verifier: TokenVerifier
-    redis: Redis
     registry: Registry
     broker: Broker
     publisher: CommandPublisher

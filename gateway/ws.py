@@ -7,15 +7,15 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from shared import log as logging
 from shared.auth import AuthError, AuthUnavailable
+from shared.log import get_logger
 from shared.registry import REDIS_ERRORS
 
 from .hub import Connection
 from .session import Session
 from .state import GATEWAY, Gateway
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 MAX_FRAME = 64 * 1024
 HEARTBEAT_SECONDS = 30.0
 

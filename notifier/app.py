@@ -19,9 +19,9 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import envelope, topology
-from shared import log as logging
 from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable, Unroutable
-from shared.events import Publisher
+from shared.announce import Publisher
+from shared.log import get_logger
 from shared.membership import Membership
 from shared.ops import ops_app
 from shared.registry import REDIS_ERRORS, Registry, now_ms, redis_client, registry_trusted
@@ -31,7 +31,7 @@ from shared.tasks import cancel_and_wait
 
 from .routing import BROADCAST, plan, users_of
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 
 DELIVERIES = prometheus_client.Counter("chat_deliveries_published_total", "Delivery batches sent to gateways", ["mode"])
 FRAMES = prometheus_client.Counter("chat_frames_routed_total", "Frames routed to gateway instances")

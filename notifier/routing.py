@@ -2,6 +2,10 @@
 
 ``plan`` turns a batch of events into at most one Deliveries batch per gateway instance.
 A ``None`` instance means broadcast (every gateway, used while the registry is not trusted).
+
+The notifier, not the gateway, renders the clients' frames, deliberately: each frame is encoded
+once here and every gateway writes it to its sockets as is, without decoding events or knowing
+their types, so the gateway's per-frame cost stays one copy to a socket.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ a participant gets 404, exactly as if the conversation did not exist.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,22 +15,21 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import frames, topology
-from shared import log as logging
 from shared.amqp import Broker, Unavailable
+from shared.announce import publish_events
 from shared.auth import AuthError, AuthUnavailable, TokenVerifier
-from shared.db import TRANSIENT, Database, DatabaseUnavailable
+from shared.db import Database
 from shared.envelope import ConversationCreated
-from shared.events import publish_events
+from shared.log import get_logger
 from shared.ops import access_log, add_routes
 from shared.service import fatal
 from shared.settings import Settings
 
-from . import paging, store, webapp
-from .paging import ParamError
-from .responses import ApiError, error_response, json_response, read_json
+from . import paging, requests, store, webapp
+from .middleware import MAX_BODY, cors, errors
+from .responses import ApiError, json_response, read_json
 
-log = logging.get(__name__)
-MAX_BODY = 16 * 1024
+log = get_logger(__name__)
 
 
 class Query:
@@ -69,7 +68,7 @@ class Query:
         """``GET /conversations/{conversationId}`` -> ``{"conversation_id","conversationId","title","isGroup",
         "participantId","participantIds","createdBy","createdAt","lastSeq"}``; 404 to non-participants."""
         user = await self.caller(request)
-        cid = paging.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
         async with self.db.acquire() as conn:
             row = await store.conversation(conn, cid, user)
         if row is None:
@@ -95,7 +94,7 @@ class Query:
         -> ``[{"messageId","conversationId","sentAt","senderId","content","seq"}]``.
         """
         user = await self.caller(request)
-        cid = paging.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
         page = paging.history(request.query)
         async with self.db.acquire() as conn:
             rows = await store.history(conn, cid, user, page)
@@ -118,7 +117,7 @@ class Query:
     async def list_participants(self, request: web.Request) -> web.Response:
         """``GET /conversations/{id}/participants`` -> ``["alice", "bob"]`` (the caller included)."""
         user = await self.caller(request)
-        cid = paging.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
         async with self.db.acquire() as conn:
             users = await store.participants(conn, cid, user)
         if not users:
@@ -128,7 +127,7 @@ class Query:
     async def find_direct(self, request: web.Request) -> web.Response:
         """``GET /conversation/direct/{userId}`` -> ``{"conversationId": "..."}`` or ``null`` (never 404)."""
         user = await self.caller(request)
-        other = paging.user_id(request.match_info["user_id"], "userId")
+        other = requests.user_id(request.match_info["user_id"], "userId")
         async with self.db.acquire() as conn:
             cid = await store.direct(conn, user, other)
         return json_response({"conversationId": str(cid)} if cid else None)
@@ -138,7 +137,7 @@ class Query:
         -> ``{"conversationId": "..."}``; a direct pair's existing conversation is returned as is.
         Online participants of a new conversation get a ``conversation-created`` frame."""
         user = await self.caller(request)
-        new = paging.new_conversation(await read_json(request), user)
+        new = requests.new_conversation(await read_json(request), user)
         async with self.db.acquire() as conn:
             cid, created = await store.create(conn, user, new, datetime.now(timezone.utc))
         if created:
@@ -183,70 +182,6 @@ def _conversation_item(row: Any, user: str) -> dict[str, Any]:
         "lastReadSeq": last_read,
         "participantIds": participants,
     }
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes ``{"error": code, "message": text}`` with its status."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except ParamError as exc:
-        return error_response(400, "bad_request", str(exc))
-    except (DatabaseUnavailable, *TRANSIENT):
-        return error_response(503, "unavailable", "the database is unavailable, retry")
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, "too_large", f"request body is larger than {MAX_BODY} bytes")
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
-            return error_response(exc.status, code, exc.reason)
-        raise
-    except Exception:  # a bug: still JSON, and logged with its traceback
-        log.exception(
-            "request_failed",
-            route=request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched",
-        )
-        return error_response(500, "internal", "the server failed to answer this request")
-
-
-def cors(allowed: frozenset[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """CORS for the configured origins (any origin when none are configured)."""
-
-    def allow(origin: str | None) -> str | None:
-        if origin is None:
-            return None
-        if not allowed:
-            return "*"
-        return origin if origin.rstrip("/") in allowed else None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = allow(request.headers.get("Origin"))
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response: web.StreamResponse = web.Response(status=204 if origin else 403)
-            if origin:
-                response.headers.update(
-                    {
-                        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                        "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                        "Access-Control-Max-Age": "600",
-                    }
-                )
-        else:
-            response = await handler(request)
-        if origin:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "X-Next-Before"
-            if origin != "*":
-                response.headers["Vary"] = "Origin"
-        return response
-
-    return middleware
 
 
 OPENAPI = web.AppKey("openapi", bytes)

@@ -1,4 +1,4 @@
-"""Parameter and paging rules of the REST reads. Pure: no I/O, table-tested.
+"""Paging rules of the REST reads: query parameters to pages and cursors. Pure: no I/O, table-tested.
 
 History (``GET /conversations/{id}/messages``) always pages by ``seq`` (keyset, never OFFSET):
 
@@ -20,19 +20,9 @@ from datetime import datetime
 
 from shared import untrusted
 
+from .requests import ParamError
+
 MAX_LIMIT = 100
-MAX_USER_ID = 50
-
-
-class ParamError(ValueError):
-    """A bad query parameter or body: answer 400 with this message."""
-
-
-def parse_uuid(value: str, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise ParamError(f"{name} must be a UUID") from None
 
 
 def _int(params: Mapping[str, str], name: str, lo: int, hi: int = untrusted.INT64_MAX) -> int | None:
@@ -43,15 +33,6 @@ def _int(params: Mapping[str, str], name: str, lo: int, hi: int = untrusted.INT6
         return untrusted.whole_number(raw, name, lo, hi)
     except untrusted.Refused as exc:
         raise ParamError(str(exc)) from None
-
-
-def user_id(value: object, name: str) -> str:
-    """A user id from a client: 1 to 50 characters that can be stored."""
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID:
-        raise ParamError(f"{name} must be a user id of 1 to {MAX_USER_ID} characters")
-    if not untrusted.storable(value):
-        raise ParamError(f"{name} contains U+0000 or an unpaired surrogate")
-    return value
 
 
 @dataclass(frozen=True)
@@ -119,54 +100,3 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return moment, uuid.UUID(cid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ParamError("before is not a cursor this service issued") from None
-
-
-@dataclass(frozen=True)
-class NewConversation:
-    recipients: list[str]
-    is_group: bool
-    title: str | None
-
-
-def new_conversation(body: object, caller: str) -> NewConversation:
-    """Validate ``POST /conversation``'s body: ``{"recipientIdArr":[...],"isGroup":bool,"title":str}``."""
-    if not isinstance(body, dict):
-        raise ParamError("body must be a JSON object")
-    recipients = body.get("recipientIdArr")
-    if not isinstance(recipients, list) or not recipients:
-        raise ParamError("recipientIdArr must be a non-empty array of user ids")
-    if len(recipients) > MAX_LIMIT * 2:
-        raise ParamError(f"at most {MAX_LIMIT} recipients")
-    checked = [user_id(r, "recipientIdArr[]") for r in recipients]
-    others = list(dict.fromkeys(r for r in checked if r != caller))
-    if len(others) > MAX_LIMIT:
-        raise ParamError(f"at most {MAX_LIMIT} recipients")
-    is_group = body.get("isGroup", False)
-    if not isinstance(is_group, bool):
-        raise ParamError("isGroup must be true or false")
-    title = body.get("title")
-    if title is not None and not isinstance(title, str):
-        raise ParamError("title must be a string")
-    if isinstance(title, str) and not untrusted.storable(title):
-        raise ParamError("title contains U+0000 or an unpaired surrogate")
-    title = title.strip() if isinstance(title, str) else None
-    if title is not None and len(title) > 100:
-        raise ParamError("title is longer than 100 characters")
-    if is_group:
-        if len(others) < 2:
-            raise ParamError("a group needs at least two recipients besides you")
-        if not title:
-            raise ParamError("a group needs a non-empty title")
-    elif len(others) != 1:
-        raise ParamError("a direct conversation needs exactly one recipient other than you")
-    return NewConversation(recipients=others, is_group=is_group, title=title or None)
-
-
-def direct_key(a: str, b: str) -> str:
-    """The unique key of the direct conversation between two users: unambiguous for any ids.
-
-    The first id's length says where it ends, so no two pairs share a key (a separator would:
-    ids may contain it). Ids are ordered by code point, as ``COLLATE "C"`` in migration 0003.
-    """
-    first, second = sorted((a, b))
-    return f"{len(first)}:{first}{second}"

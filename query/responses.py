@@ -9,7 +9,7 @@ from aiohttp import web
 
 from shared import untrusted
 
-from .paging import ParamError
+from .requests import ParamError
 
 _json = msgspec.json.Encoder()
 

@@ -9,7 +9,8 @@ import asyncpg
 
 from shared.db import Conn
 
-from .paging import HistoryPage, ListPage, NewConversation, direct_key
+from .paging import HistoryPage, ListPage
+from .requests import NewConversation
 
 # Newest first straight from participants_user_recent_idx: a page reads `limit` index entries and
 # probes their conversations by primary key, so the work is bounded by the page (or, without a
@@ -127,3 +128,13 @@ async def create(conn: Conn, caller: str, new: NewConversation, now: datetime) -
             return await conn.fetchval(DIRECT, key), False
         await conn.execute(INSERT_PARTICIPANTS, cid, [caller, *new.recipients])
     return cid, True
+
+
+def direct_key(a: str, b: str) -> str:
+    """The unique key of the direct conversation between two users: unambiguous for any ids.
+
+    The first id's length says where it ends, so no two pairs share a key (a separator would:
+    ids may contain it). Ids are ordered by code point, as ``COLLATE "C"`` in migration 0003.
+    """
+    first, second = sorted((a, b))
+    return f"{len(first)}:{first}{second}"

@@ -9,7 +9,7 @@ from aiohttp import web
 from shared.auth import MAX_USER_ID_LENGTH, mint
 from shared.settings import Settings
 
-from .paging import ParamError
+from .requests import ParamError
 from .responses import ApiError, json_response, read_json
 
 STATIC = Path(__file__).parent / "static"

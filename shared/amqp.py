@@ -43,10 +43,10 @@ import prometheus_client
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
-from . import log as logging
+from .log import get_logger
 from .tasks import cancel_and_wait
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 PUBLISH_TIMEOUT = 5.0
 PREFETCH = 64  # unacked messages per consumer (per partition queue); also the largest batch
 DEAD = "chat.dead"  # the dead-letter exchange (declared by topology)

@@ -214,6 +214,6 @@ def _reason(exc: jwt.PyJWTError) -> str:
 
 
 def mint(secret: str, user_id: str, *, ttl: int = 24 * 3600, claim: str = "cognito:username", **extra: Any) -> str:
-    """A development HS256 token for ``user_id`` (used by chat-dev-token and tests)."""
+    """A development HS256 token for ``user_id`` (used by make token, devtools and tests)."""
     now = int(time.time())
     return jwt.encode({claim: user_id, "iat": now, "exp": now + ttl, **extra}, secret, algorithm="HS256")

@@ -8,10 +8,10 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from . import log as logging
+from .log import get_logger
 from .tasks import cancel_and_wait
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 
 # Errors after which retrying the same unit of work later may succeed.
 TRANSIENT = (

@@ -50,6 +50,6 @@ def configure(service: str, level: str = "info", instance_id: str | None = None)
     structlog.contextvars.bind_contextvars(service=service, **({"instance": instance_id} if instance_id else {}))
 
 
-def get(name: str | None = None) -> structlog.stdlib.BoundLogger:
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger

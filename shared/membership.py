@@ -22,11 +22,11 @@ from collections.abc import Callable
 import prometheus_client
 from redis.asyncio import Redis
 
-from . import log as logging
+from .log import get_logger
 from .partitions import owned
 from .registry import REDIS_ERRORS
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 LEASE_SECONDS = 10.0
 BEAT_SECONDS = 2.0
 # Stop trusting our own lease this long before it lapses: by then the others may take our partitions.

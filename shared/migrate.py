@@ -14,7 +14,7 @@ from importlib import resources
 
 import asyncpg
 
-from . import log as logging
+from .log import get_logger
 from .service import settings_or_exit
 from .settings import load
 
@@ -54,7 +54,7 @@ async def migrate(dsn: str) -> list[str]:
 
 def main() -> None:
     settings = settings_or_exit("chat-migrate", lambda: load("migrate", database=True))
-    log = logging.get("chat-migrate")
+    log = get_logger("chat-migrate")
     started = time.perf_counter()
     try:
         applied = asyncio.run(migrate(settings.database_url or ""))

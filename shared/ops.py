@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import prometheus_client
 from aiohttp import web
 
-from . import log as logging
+from .log import get_logger
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 Check = Callable[[], Awaitable[bool]]
 
 HTTP_REQUESTS = prometheus_client.Counter(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import log as logging
+from .log import configure, get_logger
 from .settings import Settings, SettingsError
 
 
@@ -18,7 +18,7 @@ def settings_or_exit(command: str, loader: Callable[[], Settings]) -> Settings:
     except SettingsError as exc:
         print(f"{command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.configure(settings.service, settings.log_level, settings.instance_id)
+    configure(settings.service, settings.log_level, settings.instance_id)
     return settings
 
 
@@ -42,7 +42,7 @@ def install_uvloop() -> None:
 def serve(app: web.Application, settings: Settings, *, shutdown_timeout: float = 20.0) -> None:
     """Run ``app`` until SIGTERM/SIGINT; aiohttp then runs on_shutdown and the cleanup contexts."""
     install_uvloop()
-    logging.get(__name__).info("service_starting", host=settings.host, port=settings.port)
+    get_logger(__name__).info("service_starting", host=settings.host, port=settings.port)
     web.run_app(
         app,
         host=settings.host,

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from shared.devstack import Stack
+from devtools.stack import Stack
 from shared.migrate import migrate
 
 from .harness import BIN, System

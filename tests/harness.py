@@ -17,9 +17,9 @@ from typing import Any, Callable
 import aiohttp
 import asyncpg
 
-from query.paging import direct_key
+from devtools.stack import Stack, spawn_service, wait_ready
+from query.store import direct_key
 from shared.auth import mint
-from shared.devstack import Stack, spawn_service, wait_ready
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 BIN = Path(sys.executable).parent

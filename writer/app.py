@@ -21,11 +21,11 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import envelope, topology
-from shared import log as logging
 from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable
+from shared.announce import Publisher, publish_events
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
 from shared.envelope import Command
-from shared.events import Publisher, publish_events
+from shared.log import get_logger
 from shared.membership import Membership
 from shared.ops import ops_app
 from shared.registry import redis_client
@@ -36,7 +36,7 @@ from shared.tasks import cancel_and_wait
 from .plan import reject
 from .store import store
 
-log = logging.get(__name__)
+log = get_logger(__name__)
 
 STORED = prometheus_client.Counter("chat_messages_stored_total", "Messages newly stored")
 DUPLICATES = prometheus_client.Counter("chat_messages_duplicate_total", "Sends that were already stored")

@@ -156,7 +156,7 @@ async def test_migration_0003_rewrites_old_direct_keys(stack):
     """Keys made with the old U+001F separator become the length-prefixed ones the code looks up."""
     from importlib import resources
 
-    from query.paging import direct_key
+    from query.store import direct_key
 
     conn = await asyncpg.connect(stack.postgres.dsn(new_database(stack)))
     try:

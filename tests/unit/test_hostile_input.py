@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from query import paging
-from query.paging import ParamError
+from query import paging, requests
+from query.requests import ParamError
+from query.store import direct_key
 from shared import frames, untrusted
 
 CID = "6f1c54f6-3e0e-4a4b-9c6a-1d2e3f4a5b6c"
@@ -106,20 +107,20 @@ def test_biggest_64_bit_offset_is_accepted():
 )
 def test_conversation_bodies_with_unstorable_or_huge_values_are_400(body):
     with pytest.raises(ParamError):
-        paging.new_conversation(body, "alice")
+        requests.new_conversation(body, "alice")
 
 
 def test_user_id_path_parameter():
-    assert paging.user_id("bob", "userId") == "bob"
+    assert requests.user_id("bob", "userId") == "bob"
     for bad in ("", "x" * 51, "a\u0000b", "\udc00"):
         with pytest.raises(ParamError):
-            paging.user_id(bad, "userId")
+            requests.user_id(bad, "userId")
 
 
 def test_direct_keys_never_collide():
-    assert paging.direct_key("a\x1fb", "c") != paging.direct_key("a", "b\x1fc")
-    assert paging.direct_key("ab", "c") != paging.direct_key("a", "bc")
-    assert paging.direct_key("bob", "alice") == paging.direct_key("alice", "bob")
+    assert direct_key("a\x1fb", "c") != direct_key("a", "b\x1fc")
+    assert direct_key("ab", "c") != direct_key("a", "bc")
+    assert direct_key("bob", "alice") == direct_key("alice", "bob")
 
 
 # ---- properties ------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def test_any_query_parameters_give_a_page_or_a_400(params):
 )
 def test_any_conversation_body_gives_a_value_or_a_400(body):
     try:
-        new = paging.new_conversation(body, "alice")
+        new = requests.new_conversation(body, "alice")
     except ParamError:
         return
     assert all(untrusted.storable(r) and 1 <= len(r) <= 50 for r in new.recipients)
@@ -219,7 +220,7 @@ def test_any_conversation_body_gives_a_value_or_a_400(body):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60) | st.text(alphabet=string.digits + "-²", max_size=25))
 def test_any_path_parameter_gives_a_value_or_a_400(raw):
-    for parse in (lambda v: paging.parse_uuid(v, "conversationId"), lambda v: paging.user_id(v, "userId")):
+    for parse in (lambda v: requests.parse_uuid(v, "conversationId"), lambda v: requests.user_id(v, "userId")):
         try:
             parse(raw)
         except ParamError:

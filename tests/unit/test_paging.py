@@ -3,8 +3,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from query import paging
-from query.paging import HistoryPage, ParamError
+from query import paging, requests
+from query.paging import HistoryPage
+from query.requests import ParamError
 
 
 @pytest.mark.parametrize(
@@ -63,17 +64,17 @@ def test_cursor_round_trip_and_default_limit():
 @pytest.mark.parametrize(
     ("body", "caller", "expected"),
     [
-        ({"recipientIdArr": ["bob"], "isGroup": False}, "alice", paging.NewConversation(["bob"], False, None)),
-        ({"recipientIdArr": ["bob", "alice"]}, "alice", paging.NewConversation(["bob"], False, None)),
+        ({"recipientIdArr": ["bob"], "isGroup": False}, "alice", requests.NewConversation(["bob"], False, None)),
+        ({"recipientIdArr": ["bob", "alice"]}, "alice", requests.NewConversation(["bob"], False, None)),
         (
             {"recipientIdArr": ["b", "c", "b"], "isGroup": True, "title": " Team "},
             "a",
-            paging.NewConversation(["b", "c"], True, "Team"),
+            requests.NewConversation(["b", "c"], True, "Team"),
         ),
     ],
 )
 def test_new_conversation_bodies(body, caller, expected):
-    assert paging.new_conversation(body, caller) == expected
+    assert requests.new_conversation(body, caller) == expected
 
 
 @pytest.mark.parametrize(
@@ -99,4 +100,4 @@ def test_new_conversation_bodies(body, caller, expected):
 )
 def test_invalid_new_conversation_bodies(body):
     with pytest.raises(ParamError):
-        paging.new_conversation(body, "alice")
+        requests.new_conversation(body, "alice")

@@ -3,7 +3,7 @@
 Each server lives in a state folder of its own, on non-default ports, so it never touches a
 system server. Every server started here is stopped by its own pid or stop command.
 
-``chat-devstack run`` (what ``make run`` calls) starts the three servers, applies the schema,
+``python -m devtools.stack run`` (what ``make run`` calls) starts the three servers, applies the schema,
 starts the four services, prints where to connect, and on Ctrl-C stops everything it started.
 """
 
@@ -454,7 +454,7 @@ def run(state: Path, base_port: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="chat-devstack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--state", default=".state", help="state folder (default .state)")
     parser.add_argument(
@@ -462,3 +462,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     raise SystemExit(run(Path(args.state).resolve(), args.base_port))
+
+
+if __name__ == "__main__":
+    main()
