@@ -19,7 +19,7 @@ from shared.log import get_logger
 from shared.ops import access_log, add_routes
 from shared.registry import REDIS_ERRORS, Registry, redis_client
 from shared.service import fatal
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 from shared.tasks import cancel_and_wait
 
 from .delivery import Deliverer
@@ -32,10 +32,10 @@ from .ws import websocket
 log = get_logger(__name__)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[access_log])
     readiness = add_routes(app, "gateway", ops_port=settings.ops_port, host=settings.host)
-    redis = redis_client(settings.redis_url or "")
+    redis = redis_client(settings.redis_url)
     hub = Hub(settings.limits)
 
     deliverer = Deliverer(hub)
@@ -47,8 +47,7 @@ def create_app(settings: Settings) -> web.Application:
         queue = await topology.declare_gateway_queue(channel, settings.instance_id)
         await broker.consume(channel, queue, deliverer)
 
-    broker = Broker(settings.amqp_url or "", name=f"gateway:{settings.instance_id}", setup=setup, on_fatal=fatal)
-    assert settings.jwt is not None
+    broker = Broker(settings.amqp_url, name=f"gateway:{settings.instance_id}", setup=setup, on_fatal=fatal)
     gw = Gateway(
         settings=settings,
         readiness=readiness,

@@ -10,7 +10,7 @@ from shared.amqp import Broker
 from shared.auth import TokenVerifier
 from shared.ops import Readiness
 from shared.registry import Registry
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 
 from .hub import Hub
 from .publisher import CommandPublisher
@@ -18,7 +18,7 @@ from .publisher import CommandPublisher
 
 @dataclass
 class Gateway:
-    settings: Settings
+    settings: GatewaySettings
     readiness: Readiness
     verifier: TokenVerifier
     registry: Registry

@@ -26,7 +26,7 @@ from shared.membership import Membership
 from shared.ops import ops_app
 from shared.registry import REDIS_ERRORS, Registry, now_ms, redis_client, registry_trusted
 from shared.service import fatal
-from shared.settings import Settings
+from shared.settings import NotifierSettings
 from shared.tasks import cancel_and_wait
 
 from .routing import BROADCAST, plan, users_of
@@ -95,9 +95,9 @@ class Notifier:
         """An event that cannot be routed is set aside (chat.dead has it); the others went on."""
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: NotifierSettings) -> web.Application:
     app, readiness = ops_app("notifier")
-    redis = redis_client(settings.redis_url or "")
+    redis = redis_client(settings.redis_url)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -106,7 +106,7 @@ def create_app(settings: Settings) -> web.Application:
         await channel.close()
         await broker.consume_partitions(connection, group)
 
-    broker = Broker(settings.amqp_url or "", name=f"notifier:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    broker = Broker(settings.amqp_url, name=f"notifier:{settings.instance_id}", setup=setup, on_fatal=fatal)
     notifier = Notifier(Registry(redis), broker)
     group = PartitionGroup(broker, topology.event_queue, notifier)
     membership = Membership(redis, "notifier", settings.instance_id, settings.partitions, group.want)

@@ -23,7 +23,7 @@ from shared.envelope import ConversationCreated
 from shared.log import get_logger
 from shared.ops import access_log, add_routes
 from shared.service import fatal
-from shared.settings import Settings
+from shared.settings import QuerySettings
 
 from . import paging, requests, store, webapp
 from .middleware import MAX_BODY, cors, errors
@@ -33,7 +33,7 @@ log = get_logger(__name__)
 
 
 class Query:
-    def __init__(self, settings: Settings, db: Database, broker: Broker, verifier: TokenVerifier) -> None:
+    def __init__(self, settings: QuerySettings, db: Database, broker: Broker, verifier: TokenVerifier) -> None:
         self.settings = settings
         self.db = db
         self.broker = broker
@@ -196,18 +196,17 @@ def openapi_document() -> bytes:
     return (Path(__file__).parent / "openapi.json").read_bytes()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: QuerySettings) -> web.Application:
     app = web.Application(middlewares=[access_log, cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
     readiness = add_routes(app, "query", ops_port=settings.ops_port, host=settings.host)
-    db = Database(settings.database_url or "")
+    db = Database(settings.database_url)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
         await topology.declare_events(channel, settings.partitions)  # conversation-created goes there
         await channel.close()
 
-    broker = Broker(settings.amqp_url or "", name=f"query:{settings.instance_id}", setup=setup, on_fatal=fatal)
-    assert settings.jwt is not None
+    broker = Broker(settings.amqp_url, name=f"query:{settings.instance_id}", setup=setup, on_fatal=fatal)
     verifier = TokenVerifier(settings.jwt)
     api = Query(settings, db, broker, verifier)
     app[OPENAPI] = openapi_document()

@@ -7,7 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 from shared.auth import MAX_USER_ID_LENGTH, mint
-from shared.settings import Settings
+from shared.settings import QuerySettings
 
 from .requests import ParamError
 from .responses import ApiError, json_response, read_json
@@ -16,7 +16,7 @@ STATIC = Path(__file__).parent / "static"
 DEV_TOKEN_TTL = 12 * 3600
 
 
-def add_routes(app: web.Application, settings: Settings) -> None:
+def add_routes(app: web.Application, settings: QuerySettings) -> None:
     async def index(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 

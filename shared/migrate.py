@@ -16,7 +16,7 @@ import asyncpg
 
 from .log import get_logger
 from .service import settings_or_exit
-from .settings import load
+from .settings import load_migrate
 
 LOCK_KEY = 0x63686174  # "chat"
 
@@ -53,11 +53,11 @@ async def migrate(dsn: str) -> list[str]:
 
 
 def main() -> None:
-    settings = settings_or_exit("chat-migrate", lambda: load("migrate", database=True))
+    settings = settings_or_exit("chat-migrate", load_migrate)
     log = get_logger("chat-migrate")
     started = time.perf_counter()
     try:
-        applied = asyncio.run(migrate(settings.database_url or ""))
+        applied = asyncio.run(migrate(settings.database_url))
     except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
         print(f"chat-migrate: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -5,14 +5,17 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from aiohttp import web
 
 from .log import configure, get_logger
-from .settings import Settings, SettingsError
+from .settings import Common, SettingsError
+
+S = TypeVar("S", bound=Common)
 
 
-def settings_or_exit(command: str, loader: Callable[[], Settings]) -> Settings:
+def settings_or_exit(command: str, loader: Callable[[], S]) -> S:
     try:
         settings = loader()
     except SettingsError as exc:
@@ -39,7 +42,7 @@ def install_uvloop() -> None:
     uvloop.install()
 
 
-def serve(app: web.Application, settings: Settings, *, shutdown_timeout: float = 20.0) -> None:
+def serve(app: web.Application, settings: Common, *, shutdown_timeout: float = 20.0) -> None:
     """Run ``app`` until SIGTERM/SIGINT; aiohttp then runs on_shutdown and the cleanup contexts."""
     install_uvloop()
     get_logger(__name__).info("service_starting", host=settings.host, port=settings.port)

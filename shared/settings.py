@@ -12,7 +12,8 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 # Every variable the services read. docs, compose, k8s manifests and a test compare against this.
@@ -83,8 +84,10 @@ class Limits:
     token_grace_seconds: int = 3600
 
 
-@dataclass(frozen=True)
-class Settings:
+@dataclass(frozen=True, kw_only=True)
+class Common:
+    """What every service has."""
+
     service: str
     host: str
     port: int
@@ -92,6 +95,15 @@ class Settings:
     partitions: int
     log_level: str
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    ops_port: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(Common):
+    """Everything :func:`load` read; a setting the caller did not ask for is absent (None).
+    Services take the typed view their loader returns (GatewaySettings, ...), where what they
+    need is simply there."""
+
     database_url: str | None = None
     amqp_url: str | None = None
     redis_url: str | None = None
@@ -99,7 +111,41 @@ class Settings:
     dev_login: bool = False
     limits: Limits = Limits()
     web_gateways: tuple[str, ...] = ()
-    ops_port: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings(Common):
+    amqp_url: str
+    redis_url: str
+    jwt: JwtSettings
+    limits: Limits
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriterSettings(Common):
+    database_url: str
+    amqp_url: str
+    redis_url: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifierSettings(Common):
+    amqp_url: str
+    redis_url: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuerySettings(Common):
+    database_url: str
+    amqp_url: str
+    jwt: JwtSettings
+    dev_login: bool
+    web_gateways: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MigrateSettings(Common):
+    database_url: str
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -305,3 +351,59 @@ def _web_gateways(env: Mapping[str, str]) -> tuple[str, ...]:
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise SettingsError(f"CHAT_WEB_GATEWAYS has {url!r}: each must be a ws:// or wss:// URL")
     return tuple(urls)
+
+
+T = TypeVar("T")
+
+
+def _present(value: T | None) -> T:
+    """A setting :func:`load` was told to require (it raised SettingsError if it was missing)."""
+    assert value is not None, "load() requires it"
+    return value
+
+
+def _common(s: Settings) -> dict[str, Any]:
+    return {f.name: getattr(s, f.name) for f in fields(Common)}
+
+
+def load_gateway(env: Mapping[str, str] | None = None) -> GatewaySettings:
+    s = load("gateway", env, amqp=True, redis=True, jwt=True)
+    return GatewaySettings(
+        **_common(s),
+        amqp_url=_present(s.amqp_url),
+        redis_url=_present(s.redis_url),
+        jwt=_present(s.jwt),
+        limits=s.limits,
+    )
+
+
+def load_writer(env: Mapping[str, str] | None = None) -> WriterSettings:
+    s = load("writer", env, database=True, amqp=True, redis=True)
+    return WriterSettings(
+        **_common(s),
+        database_url=_present(s.database_url),
+        amqp_url=_present(s.amqp_url),
+        redis_url=_present(s.redis_url),
+    )
+
+
+def load_notifier(env: Mapping[str, str] | None = None) -> NotifierSettings:
+    s = load("notifier", env, amqp=True, redis=True)
+    return NotifierSettings(**_common(s), amqp_url=_present(s.amqp_url), redis_url=_present(s.redis_url))
+
+
+def load_query(env: Mapping[str, str] | None = None) -> QuerySettings:
+    s = load("query", env, database=True, amqp=True, jwt=True)
+    return QuerySettings(
+        **_common(s),
+        database_url=_present(s.database_url),
+        amqp_url=_present(s.amqp_url),
+        jwt=_present(s.jwt),
+        dev_login=s.dev_login,
+        web_gateways=s.web_gateways,
+    )
+
+
+def load_migrate(env: Mapping[str, str] | None = None) -> MigrateSettings:
+    s = load("migrate", env, database=True)
+    return MigrateSettings(**_common(s), database_url=_present(s.database_url))

@@ -30,7 +30,7 @@ from shared.membership import Membership
 from shared.ops import ops_app
 from shared.registry import redis_client
 from shared.service import fatal
-from shared.settings import Settings
+from shared.settings import WriterSettings
 from shared.tasks import cancel_and_wait
 
 from .plan import reject
@@ -113,10 +113,10 @@ class Writer:
             raise Retryable(f"broker: {exc}") from None
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: WriterSettings) -> web.Application:
     app, readiness = ops_app("writer")
-    db = Database(settings.database_url or "", max_size=4)
-    redis = redis_client(settings.redis_url or "")
+    db = Database(settings.database_url, max_size=4)
+    redis = redis_client(settings.redis_url)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -125,7 +125,7 @@ def create_app(settings: Settings) -> web.Application:
         await channel.close()
         await broker.consume_partitions(connection, group)
 
-    broker = Broker(settings.amqp_url or "", name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    broker = Broker(settings.amqp_url, name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
     writer = Writer(db, broker, settings.partitions)
     group = PartitionGroup(broker, topology.command_queue, writer)
     membership = Membership(redis, "writer", settings.instance_id, settings.partitions, group.want)

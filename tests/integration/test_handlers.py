@@ -3,6 +3,7 @@ real Postgres and Redis, no broker. The consumer's isolation rule runs on top of
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -177,3 +178,55 @@ async def test_migration_0003_rewrites_old_direct_keys(stack):
         assert keys == {direct_key(a, b) for a, b in pairs}
     finally:
         await conn.close()
+
+
+async def test_an_event_the_notifier_cannot_route_fails_alone(stack):
+    """A bug on one event (here: the registry breaks on one user) isolates that event; the events
+    that travelled with it are routed, in order."""
+    client = aioredis.Redis.from_url(stack.redis.url(13))
+    await client.flushdb()
+    try:
+        registry = Registry(client)
+        await registry.register("gw-a", [("alice", "c1"), ("bob", "c2")])
+        await client.set("chat:registry:since", 0)
+
+        class Broken(Registry):
+            async def instances(self, user_ids):
+                if "mallory" in user_ids:
+                    raise KeyError("a bug that only this event triggers")
+                return await super().instances(user_ids)
+
+        fake = FakePublisher()
+        notifier = Notifier(Broken(client), fake)
+        cid = uuid.uuid4()
+
+        def stored(seq: int, members: list[str]) -> envelope.MessageStored:
+            return envelope.MessageStored(
+                message_id=uuid.uuid4(),
+                conversation_id=cid,
+                seq=seq,
+                sender_id=members[0],
+                temp_message_id=f"t{seq}",
+                content="hi",
+                sent_at=datetime.now(timezone.utc),
+                participants=members,
+            )
+
+        events = [stored(1, ["alice", "bob"]), stored(2, ["mallory", "bob"]), stored(3, ["alice", "bob"])]
+        dead: list[str] = []
+
+        async def poisoned(event: envelope.Event, reason: str) -> None:
+            dead.append(reason)
+            await notifier.rejected(event, reason)
+
+        assert await isolate(events, notifier.handle, poisoned, Backoff(0.001, 0.001))
+        assert dead == ["KeyError: 'a bug that only this event triggers'"]
+        frames = [
+            json.loads(item.frame)["seq"]
+            for _, _, body in fake.published
+            for item in envelope.decode(envelope.Deliveries, body).items
+        ]
+        assert frames == [1, 3]
+    finally:
+        await client.flushdb()
+        await client.aclose()

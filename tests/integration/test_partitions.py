@@ -289,3 +289,28 @@ async def test_a_retry_is_visible_while_it_lasts_and_loses_nothing(system):
     await system.start("writer")
     echo = await alice.wait_frame(type="new-message", tempMessageId="w1")
     assert echo["seq"] == 1 and not alice.of_type("error")
+
+
+async def test_an_undecodable_event_body_is_set_aside_and_the_others_are_delivered(system):
+    """The notifier's poison: a body on chat.events that is not an envelope goes to chat.dead at
+    once with its reason; the events published around it reach the sockets."""
+    from shared.topology import partition
+
+    await system.start_all()
+    alice, bob = await system.connect("alice"), await system.connect("bob")
+    cid = await system.conversation(["alice", "bob"])
+    connection = await aio_pika.connect(system.stack.rabbitmq.url(system.vhost))
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange("chat.events")
+        key = str(partition(cid, system.partitions))
+        await alice.send_message(cid, "before", temp_id="before")
+        await bob.wait_frame(type="new-message", tempMessageId="before")
+        await exchange.publish(aio_pika.Message(b'{"v": 1, "items": [{"type": "no-such-event"}]}'), routing_key=key)
+        await alice.send_message(cid, "after", temp_id="after")
+        await bob.wait_frame(type="new-message", tempMessageId="after")
+    finally:
+        await connection.close()
+    dead = await dead_letters(system)
+    assert len(dead) == 1 and dead[0].headers["x-chat-queue"] == f"chat.events.{key}"
+    assert "no-such-event" in str(dead[0].headers["x-chat-reason"])

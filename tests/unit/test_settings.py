@@ -117,3 +117,32 @@ def test_development_secrets_are_refused_in_production():
         with pytest.raises(SettingsError) as info:
             load("query", {**base, **env}, jwt=True)
         assert words in str(info.value)
+
+
+def test_each_service_gets_its_settings_with_what_it_needs_simply_there():
+    from shared.settings import load_gateway, load_migrate, load_notifier, load_query, load_writer
+
+    gateway = load_gateway(BASE)
+    assert (gateway.amqp_url, gateway.redis_url, gateway.jwt.user_claim) == (
+        BASE["CHAT_AMQP_URL"],
+        BASE["CHAT_REDIS_URL"],
+        "cognito:username",
+    )
+    assert gateway.limits.max_connections_per_user == 10
+    writer = load_writer(BASE)
+    assert (writer.database_url, writer.amqp_url, writer.redis_url) == (
+        BASE["CHAT_DATABASE_URL"],
+        BASE["CHAT_AMQP_URL"],
+        BASE["CHAT_REDIS_URL"],
+    )
+    assert load_notifier(BASE).redis_url == BASE["CHAT_REDIS_URL"]
+    assert load_query(BASE).web_gateways == ()
+    assert load_migrate(BASE).database_url == BASE["CHAT_DATABASE_URL"]
+    for loader, variable in (
+        (load_writer, "CHAT_REDIS_URL"),
+        (load_query, "CHAT_JWT_SECRET"),
+        (load_migrate, "CHAT_DATABASE_URL"),
+    ):
+        with pytest.raises(SettingsError) as info:
+            loader({k: v for k, v in BASE.items() if k != variable})
+        assert variable in str(info.value)
