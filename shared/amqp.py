@@ -472,10 +472,6 @@ class PartitionGroup(Generic[T]):
         self.wanted = partitions
         self._changed.set()
 
-    @property
-    def active(self) -> frozenset[int]:
-        return frozenset(int(k) for k in self.consumer.sources) if self.consumer is not None else frozenset()
-
     async def attach(self, connection: AbstractConnection) -> None:
         self._connection = connection
         self.consumer = Consumer(
