@@ -26,11 +26,15 @@ deps: ## Debian packages for the three servers (skipped when they are there)
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test-deps: ## Debian's Chromium, which the browser test drives (Playwright downloads no browser)
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing: chromium"; \
+test-deps: ## Debian's Chromium (the browser test; Playwright downloads no browser) and promtool (the alert rules)
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 venv: $(VENV)/.installed
 

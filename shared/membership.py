@@ -42,7 +42,9 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
-OWNED = prometheus_client.Gauge("chat_partition_owned", "1 for each partition this replica consumes", ["partition"])
+OWNED = prometheus_client.Gauge(
+    "chat_partition_owned", "1 for each partition this replica consumes, 0 for the others", ["kind", "partition"]
+)
 MEMBERS = prometheus_client.Gauge("chat_partition_members", "Live replicas of this kind seen in Redis")
 CHANGES = prometheus_client.Counter(
     "chat_partition_assignment_changes_total", "Times this replica's set of partitions changed"
@@ -63,6 +65,7 @@ class Membership:
 
     def __init__(self, redis: Redis, kind: str, instance_id: str, partitions: int, on_change: OnChange) -> None:
         self.redis = redis
+        self.kind = kind
         self.key = members_key(kind)
         self.instance_id = instance_id
         self.partitions = partitions
@@ -117,7 +120,7 @@ class Membership:
         self.current = target
         CHANGES.inc()
         for p in range(self.partitions):
-            OWNED.labels(str(p)).set(1 if p in target else 0)
+            OWNED.labels(self.kind, str(p)).set(1 if p in target else 0)
 
     async def run(self) -> None:
         """The owner's loop (cancelled at shutdown, then :meth:`leave`)."""
