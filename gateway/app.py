@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
@@ -30,6 +31,14 @@ from .state import GATEWAY, Gateway
 from .ws import websocket
 
 log = get_logger(__name__)
+
+
+ASYNCAPI = Path(__file__).parent / "asyncapi.yaml"
+
+
+async def asyncapi(request: web.Request) -> web.FileResponse:
+    """``GET /asyncapi.yaml``: the AsyncAPI 3 document of the frames and the broker's bodies."""
+    return web.FileResponse(ASYNCAPI, headers={"Content-Type": "application/yaml"})
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -81,6 +90,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     readiness.checks.update(broker=broker.check, redis=gw.registry.check)
     app.on_shutdown.append(shutdown)
     app.cleanup_ctx.append(resources)
+    app.router.add_get("/asyncapi.yaml", asyncapi)
     app.router.add_get("/", websocket)
     app.router.add_get("/ws", websocket)
     return app

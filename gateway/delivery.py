@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from shared import envelope
+import time
+
+import prometheus_client
+
+from shared import envelope, tracing
 
 from .hub import Hub
+
+# What users feel: from the gateway accepting a send-message to this gateway handing the frame
+# to a recipient's socket, one sample per connection (the same figure bench/load.py reports).
+# Gateways' clocks are compared, so keep them in sync (NTP), as any cluster does.
+DELIVERY_SECONDS = prometheus_client.Histogram(
+    "chat_message_delivery_seconds",
+    "Send-to-delivery latency: a send accepted by a gateway to its frame queued to each recipient socket",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10),
+)
 
 
 class Deliverer:
@@ -27,9 +40,16 @@ class Deliverer:
         return envelope.encode(envelope.Deliveries(items=items))
 
     async def handle(self, items: list[envelope.Delivery]) -> None:
+        now = time.time()
         for item in items:
+            sockets = 0
             for conn in self.hub.targets(item.users, item.conn):
                 conn.push(item.frame)
+                sockets += 1
+                if item.accepted_at is not None:
+                    DELIVERY_SECONDS.observe(max(0.0, now - item.accepted_at))
+            if item.trace is not None:
+                tracing.record("gateway.deliver", item.trace, now, sockets=sockets)
 
     async def rejected(self, item: envelope.Delivery, reason: str) -> None:
         """Nothing waits for a delivery: its frame is set aside in chat.dead."""

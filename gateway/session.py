@@ -15,7 +15,7 @@ import uuid
 
 import prometheus_client
 
-from shared import frames
+from shared import frames, tracing
 from shared.auth import AuthError, AuthUnavailable, Identity
 from shared.envelope import Command, Origin, ReadMessages, SendMessage, StartTyping
 from shared.log import get_logger
@@ -111,6 +111,8 @@ class Session:
                     temp_message_id=frame.temp_message_id,
                     content=frame.content,
                     origin=self.origin,
+                    accepted_at=(accepted := time.time()),
+                    trace=tracing.record("gateway.accept", None, accepted, conversation_id=str(frame.conversation_id)),
                 ),
                 frame.temp_message_id,
             )

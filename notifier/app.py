@@ -14,11 +14,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import msgspec
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import envelope, topology
+from shared import envelope, topology, tracing
 from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable, Unroutable
 from shared.announce import Publisher
 from shared.log import get_logger
@@ -35,6 +36,11 @@ log = get_logger(__name__)
 
 DELIVERIES = prometheus_client.Counter("chat_deliveries_published_total", "Delivery batches sent to gateways", ["mode"])
 FRAMES = prometheus_client.Counter("chat_frames_routed_total", "Frames routed to gateway instances")
+EVENT_AGE = prometheus_client.Histogram(
+    "chat_notifier_event_age_seconds",
+    "Hop latency: a send accepted by the gateway to the notifier's batch that routes it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 BATCH_SECONDS = prometheus_client.Histogram(
     "chat_notifier_batch_seconds",
     "Route and publish one event batch",
@@ -65,11 +71,22 @@ class Notifier:
         recipient (chat.deliveries, routing key = the gateway's instance id).
         """
         started = time.perf_counter()
+        now = time.time()
+        for event in events:
+            if isinstance(event, envelope.MessageStored) and event.accepted_at is not None:
+                EVENT_AGE.observe(max(0.0, now - event.accepted_at))
         try:
             located, since = await self.registry.instances(users_of(events))
         except REDIS_ERRORS as exc:
             raise Retryable(f"redis: {exc.__class__.__name__}") from None
         trusted = registry_trusted(since, now_ms())
+        if tracing.enabled():
+            events = [
+                msgspec.structs.replace(e, trace=tracing.record("notifier.route", e.trace, now, seq=e.seq))
+                if isinstance(e, envelope.MessageStored) and e.trace is not None
+                else e
+                for e in events
+            ]
         deliveries = plan(events, located, trusted)
         for instance, items in deliveries.items():
             body_out = envelope.encode(envelope.Deliveries(items=items))

@@ -92,16 +92,18 @@ def plan(events: list[Event], located: dict[str, set[str]], trusted: bool) -> di
             frame = frames.error(event.code, event.message, action=event.action, temp_message_id=event.temp_message_id)
             out[event.origin.instance].append(Delivery(frame=frame, users=[], conn=event.origin.conn))
             continue
+        accepted_at = event.accepted_at if isinstance(event, MessageStored) else None
+        trace = event.trace if isinstance(event, MessageStored) else None
         for frame, users in recipients(event):
             if not users:
                 continue
             if not trusted:
-                out[BROADCAST].append(Delivery(frame=frame, users=list(users)))
+                out[BROADCAST].append(Delivery(frame=frame, users=list(users), accepted_at=accepted_at, trace=trace))
                 continue
             per_instance: dict[str, list[str]] = defaultdict(list)
             for user in users:
                 for instance in sorted(located.get(user, ())):
                     per_instance[instance].append(user)
             for instance, instance_users in per_instance.items():
-                out[instance].append(Delivery(frame=frame, users=instance_users))
+                out[instance].append(Delivery(frame=frame, users=instance_users, accepted_at=accepted_at, trace=trace))
     return dict(out)

@@ -38,6 +38,10 @@ class SendMessage(msgspec.Struct, tag="send-message", tag_field="type", frozen=T
     temp_message_id: str
     content: str
     origin: Origin
+    # when the gateway accepted the frame (wall clock, seconds since the epoch): it travels to
+    # every delivery so the gateway that writes the frame can measure send-to-delivery latency
+    accepted_at: float | None = None
+    trace: str | None = None  # W3C traceparent of the gateway's span (shared/tracing.py), when tracing
 
 
 class ReadMessages(msgspec.Struct, tag="read-messages", tag_field="type", frozen=True):
@@ -72,6 +76,8 @@ class MessageStored(msgspec.Struct, tag="message-stored", tag_field="type", froz
     content: str
     sent_at: datetime
     participants: list[str]
+    accepted_at: float | None = None  # from the SendMessage that stored (or re-sent) it
+    trace: str | None = None  # the writer's span, when tracing
 
 
 class ReadUpdated(msgspec.Struct, tag="read-updated", tag_field="type", frozen=True):
@@ -122,6 +128,8 @@ class Delivery(msgspec.Struct, frozen=True, array_like=True):
     frame: str
     users: list[str]
     conn: str | None = None
+    accepted_at: float | None = None  # a new-message frame's send time, for the latency metric
+    trace: str | None = None  # the notifier's span, when tracing
 
 
 class Deliveries(msgspec.Struct, frozen=True):

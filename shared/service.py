@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from . import tracing
 from .log import configure, get_logger
 from .settings import Common, SettingsError
 
@@ -22,6 +23,7 @@ def settings_or_exit(command: str, loader: Callable[[], S]) -> S:
         print(f"{command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure(settings.service, settings.log_level, settings.instance_id)
+    tracing.configure(settings.service, settings.otlp_endpoint)
     return settings
 
 
@@ -55,6 +57,7 @@ def serve(app: web.Application, settings: Common, *, shutdown_timeout: float = 2
         shutdown_timeout=shutdown_timeout,
         handle_signals=True,
     )
+    tracing.shutdown()
     if _fatal:
         print(f"chat-{settings.service}: {_fatal[0]}", file=sys.stderr)
         raise SystemExit(2)

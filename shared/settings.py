@@ -41,6 +41,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_RATE_READ": "read-messages per user: per-second rate:burst (default 5:30)",
     "CHAT_RATE_TYPING": "typing per user: per-second rate:burst; extra typing frames are dropped (default 5:20)",
     "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
+    "CHAT_OTLP_ENDPOINT": "OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export one trace per message to; unset: tracing off",
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
@@ -96,6 +97,7 @@ class Common:
     log_level: str
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     ops_port: int = 0
+    otlp_endpoint: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,6 +343,7 @@ def load(
         limits=_limits(env) if service == "gateway" else Limits(),
         web_gateways=_web_gateways(env) if service == "query" else (),
         ops_port=_int(env, "CHAT_OPS_PORT", 0, 0, 65535),
+        otlp_endpoint=_url(env, "CHAT_OTLP_ENDPOINT", ("http", "https"), required=False),
     )
 
 

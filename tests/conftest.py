@@ -56,6 +56,8 @@ async def system(stack: Stack, tmp_path: Path, request: pytest.FixtureRequest) -
     sys_ = System(stack=stack, workdir=tmp_path, database=new_database(stack), vhost=vhost, redis_db=redis_db)
     try:
         yield sys_
+        # every frame any test client received matches the AsyncAPI document
+        assert not [v for c in sys_.clients for v in c.violations], [v for c in sys_.clients for v in c.violations][:5]
     finally:
         await sys_.close()
         report = getattr(request.node, "rep_call", None)

@@ -21,6 +21,8 @@ from devtools.stack import Stack, spawn_service, wait_ready
 from query.store import direct_key
 from shared.auth import mint
 
+from .protocol import problems
+
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 BIN = Path(sys.executable).parent
 
@@ -74,6 +76,7 @@ class WsClient:
         self.user = user
         self.frames: list[dict[str, Any]] = []
         self.arrived: list[float] = []  # loop time each frame arrived, parallel to frames
+        self.violations: list[str] = []  # frames that do not match gateway/asyncapi.yaml
         self.changed = asyncio.Condition()
         self.closed_code: int | None = None
         self._task = asyncio.create_task(self._read())
@@ -83,6 +86,7 @@ class WsClient:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 async with self.changed:
                     self.frames.append(json.loads(msg.data))
+                    self.violations += [f"{msg.data[:200]}: {p}" for p in problems("ServerFrame", self.frames[-1])]
                     self.arrived.append(asyncio.get_running_loop().time())
                     self.changed.notify_all()
         async with self.changed:

@@ -16,11 +16,12 @@ import time
 from collections.abc import AsyncIterator
 
 import asyncpg
+import msgspec
 import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from shared import envelope, topology
+from shared import envelope, topology, tracing
 from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable
 from shared.announce import Publisher, publish_events
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
@@ -45,6 +46,11 @@ BATCH_SECONDS = prometheus_client.Histogram(
     "chat_writer_batch_seconds",
     "Store and announce one command batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+COMMAND_AGE = prometheus_client.Histogram(
+    "chat_writer_command_age_seconds",
+    "Hop latency: a send accepted by the gateway to the writer's batch that stores it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 BATCH_SIZE = prometheus_client.Histogram(
     "chat_writer_batch_commands", "Commands per batch", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -78,11 +84,17 @@ class Writer:
         ``read-updated``, ``typing-started`` and ``command-rejected`` events to chat.events.
         """
         started = time.perf_counter()
+        now = time.time()
+        for command in commands:
+            if isinstance(command, envelope.SendMessage) and command.accepted_at is not None:
+                COMMAND_AGE.observe(max(0.0, now - command.accepted_at))
         try:
             async with self.db.acquire() as conn, conn.transaction():
                 decided, events = await store(conn, commands)
         except RETRY as exc:
             raise Retryable(f"database: {exc.__class__.__name__}") from None
+        if tracing.enabled():
+            events = [self._traced(e, now) for e in events]
         await self._announce(events)
         elapsed = time.perf_counter() - started
         STORED.inc(decided.stored)
@@ -100,6 +112,15 @@ class Writer:
             rejected=decided.rejected,
             ms=round(elapsed * 1000, 2),
         )
+
+    @staticmethod
+    def _traced(event: envelope.Event, started: float) -> envelope.Event:
+        if not isinstance(event, envelope.MessageStored) or event.trace is None:
+            return event
+        span = tracing.record(
+            "writer.store", event.trace, started, seq=event.seq, conversation_id=str(event.conversation_id)
+        )
+        return msgspec.structs.replace(event, trace=span)
 
     async def rejected(self, command: Command, reason: str) -> None:
         """``command`` could not be stored and was set aside: tell its sender, with its tempMessageId."""

@@ -147,7 +147,7 @@ def plan(
                 continue
             if before is not None:
                 out.duplicates += 1
-                out.events.append(_announce(before, members))
+                out.events.append(_announce(before, members, cmd))
                 continue
             seq = last_seq[cid] + 1
             last_seq[cid] = seq
@@ -164,7 +164,7 @@ def plan(
             out.new_messages.append(message)
             out.latest[cid] = Latest(seq, message.id, now, cmd.user_id, message.content)
             out.read_to[(cid, cmd.user_id)] = max(out.read_to.get((cid, cmd.user_id), 0), seq)  # read own message
-            out.events.append(_announce(message, members))
+            out.events.append(_announce(message, members, cmd))
             out.stored += 1
         elif isinstance(cmd, ReadMessages):
             key = (cid, cmd.user_id)
@@ -179,7 +179,7 @@ def plan(
     return out
 
 
-def _announce(message: Stored, members: list[str]) -> MessageStored:
+def _announce(message: Stored, members: list[str], cmd: SendMessage) -> MessageStored:
     return MessageStored(
         message_id=message.id,
         conversation_id=message.conversation_id,
@@ -189,4 +189,6 @@ def _announce(message: Stored, members: list[str]) -> MessageStored:
         content=message.content,
         sent_at=message.sent_at,
         participants=members,
+        accepted_at=cmd.accepted_at,
+        trace=cmd.trace,
     )

@@ -21,6 +21,7 @@ from shared.registry import Registry
 from writer.app import Writer
 
 from ..conftest import new_database
+from ..protocol import problems
 
 ORIGIN = Origin("gw-test", "conn-1")
 
@@ -33,6 +34,8 @@ class FakePublisher:
     async def publish(self, exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
         if self.fail:
             raise Unavailable("broker down")
+        schema = "Events" if exchange == topology.EVENTS else "Deliveries"
+        assert not problems(schema, body), problems(schema, body)  # real bodies match gateway/asyncapi.yaml
         self.published.append((exchange, routing_key, body))
 
     def events(self) -> list[envelope.Event]:

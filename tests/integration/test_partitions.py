@@ -14,6 +14,7 @@ import uuid
 import aio_pika
 
 from ..harness import System, WsClient
+from ..protocol import problems
 from .test_resilience import burst, check_guarantees, echoes, pairs_of, wait_all_echoed
 
 P = 8
@@ -181,6 +182,7 @@ async def test_a_command_that_cannot_be_stored_fails_alone_among_200_good_ones(s
     # the culprits, and only they, are in the dead-letter queue, with the reason in a header
     dead = await dead_letters(system)
     by_temp = {json.loads(m.body)["items"][0]["temp_message_id"]: m for m in dead}
+    assert not [p for m in dead for p in problems("Commands", m.body)]  # a culprit is a Commands body
     assert set(by_temp) <= {"bad-1", "bad-2"}
     assert "bad-1" in by_temp and "injected failure for bad-1" in str(by_temp["bad-1"].headers["x-chat-reason"])
     assert all(m.headers["x-chat-queue"].startswith("chat.commands.") for m in dead)

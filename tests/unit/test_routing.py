@@ -103,3 +103,14 @@ def test_registry_is_trusted_only_after_a_full_refresh_interval():
     assert not registry_trusted(None, 10**12)
     assert not registry_trusted(10**12, 10**12 + REFRESH_SECONDS * 1000)
     assert registry_trusted(10**12, 10**12 + (REFRESH_SECONDS + 2) * 1000)
+
+
+def test_a_new_message_delivery_carries_its_send_time_and_nothing_else_does():
+    import msgspec
+
+    event = msgspec.structs.replace(stored(), accepted_at=99.5)
+    deliveries = plan([event], {"alice": {"gw-1"}, "bob": {"gw-2"}}, trusted=True)
+    assert {d.accepted_at for items in deliveries.values() for d in items} == {99.5}
+    untrusted = plan([event], {}, trusted=False)
+    assert untrusted[BROADCAST][0].accepted_at == 99.5
+    assert all(d.accepted_at is None for items in plan([stored()], {"alice": {"g"}}, True).values() for d in items)

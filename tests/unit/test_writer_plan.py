@@ -163,3 +163,11 @@ def test_a_temp_id_reused_in_another_conversation_is_refused_not_echoed():
     result = run([send("alice", C1, "t", "to bob")], existing={("alice", "t"): old})
     assert summary(result.events) == [("rejected", "invalid_frame", "t")]
     assert not result.new_messages
+
+
+def test_the_accept_time_travels_from_the_send_to_its_event():
+    sent = SendMessage(
+        user_id="alice", conversation_id=C1, temp_message_id="t", content="hi", origin=ORIGIN, accepted_at=1234.5
+    )
+    (event,) = run([sent]).events
+    assert isinstance(event, MessageStored) and event.accepted_at == 1234.5
