@@ -33,7 +33,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from devtools.stack import Stack, spawn_service, stop_processes, wait_ready
+from devtools.stack import Stack, service_env, spawn_service, stop_processes, wait_ready
 from shared.auth import mint
 from shared.migrate import migrate
 from shared.service import install_uvloop
@@ -169,10 +169,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await migrate(dsn)
         env = {
             **os.environ,
-            "CHAT_DATABASE_URL": dsn,
-            "CHAT_AMQP_URL": stack.rabbitmq.url(),
-            "CHAT_REDIS_URL": stack.redis.url(),
-            "CHAT_JWT_SECRET": SECRET,
+            **service_env(stack, SECRET),
             "CHAT_HOST": "127.0.0.1",
             "CHAT_LOG_LEVEL": "warning",
             "CHAT_PARTITIONS": str(args.partitions),
