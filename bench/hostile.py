@@ -19,17 +19,13 @@ import json
 import os
 import platform
 import random
-import shutil
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
 import aiohttp
 
-from devtools.stack import Stack, service_env, spawn_service, stop_processes, wait_ready
+from devtools.stack import private_system, service_env, spawn_service, wait_ready
 from shared.auth import mint
-from shared.migrate import migrate
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 
@@ -65,13 +61,7 @@ def hostile(i: int) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    state = Path(tempfile.mkdtemp(prefix="chat-hostile-"))
-    stack = Stack.at(state, 25430, fsync=False)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        await asyncio.to_thread(stack.start)
-        dsn = stack.postgres.dsn()
-        await migrate(dsn)
+    async with private_system("chat-hostile-", 25430, fsync=False) as (stack, state, procs):
         env = {
             **os.environ,
             **service_env(stack, SECRET),
@@ -140,10 +130,6 @@ async def main_async(args: argparse.Namespace) -> None:
             f"one socket flooding alone: closed with {flood_close} after {flood_sent} frames sent; "
             f"gateway RSS {final / 1024:.1f} MiB"
         )
-    finally:
-        await asyncio.to_thread(stop_processes, procs)
-        await asyncio.to_thread(stack.stop)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:

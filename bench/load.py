@@ -20,10 +20,7 @@ import asyncio
 import os
 import platform
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,9 +30,8 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from devtools.stack import Stack, service_env, spawn_service, stop_processes, wait_ready
+from devtools.stack import private_system, service_env, spawn_service, wait_ready
 from shared.auth import mint
-from shared.migrate import migrate
 from shared.service import install_uvloop
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
@@ -160,13 +156,8 @@ def shares(before: list[float], after: list[float]) -> list[float]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    state = Path(tempfile.mkdtemp(prefix="chat-bench-"))
-    stack = Stack.at(state, 26430, fsync=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        await asyncio.to_thread(stack.start)
+    async with private_system("chat-bench-", 26430, fsync=True) as (stack, state, procs):
         dsn = stack.postgres.dsn()
-        await migrate(dsn)
         env = {
             **os.environ,
             **service_env(stack, SECRET),
@@ -256,10 +247,6 @@ async def main_async(args: argparse.Namespace) -> None:
                 await ws.close()
             for task in readers:
                 task.cancel()
-    finally:
-        await asyncio.to_thread(stop_processes, procs)
-        await asyncio.to_thread(stack.stop)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def main() -> None:

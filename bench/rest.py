@@ -15,20 +15,16 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 
-from devtools.stack import Stack, spawn_service, stop_processes, wait_ready
+from devtools.stack import private_system, spawn_service, wait_ready
 from query import store
 from shared.auth import mint
-from shared.migrate import migrate
 from shared.service import install_uvloop
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
@@ -131,13 +127,8 @@ async def hammer(session: aiohttp.ClientSession, urls: list[str], make_path, cli
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    state = Path(tempfile.mkdtemp(prefix="chat-qbench-"))
-    stack = Stack.at(state, 26430, fsync=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        await asyncio.to_thread(stack.start)
+    async with private_system("chat-qbench-", 26430, fsync=True) as (stack, state, procs):
         dsn = stack.postgres.dsn()
-        await migrate(dsn)
         started = time.perf_counter()
         mine = await seed(dsn, args.conversations, args.mine, args.messages // args.conversations)
         print(
@@ -183,10 +174,6 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"{name:58} {result['rps']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8} {result['errors']:>6}",
                     flush=True,
                 )
-    finally:
-        await asyncio.to_thread(stop_processes, procs)
-        await asyncio.to_thread(stack.stop)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ starts the four services, prints where to connect, and on Ctrl-C stops everythin
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pwd
 import secrets
@@ -18,10 +19,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from shared.migrate import migrate
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 RABBIT_SERVER = "/usr/sbin/rabbitmq-server"
@@ -399,6 +404,25 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 25
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@asynccontextmanager
+async def private_system(
+    prefix: str, base_port: int, *, fsync: bool
+) -> AsyncIterator[tuple[Stack, Path, list[subprocess.Popen[bytes]]]]:
+    """Private servers in a temporary folder, migrated, for a benchmark: yields the stack, its
+    folder and a list to put service processes in; on exit stops those, then the servers."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = Stack.at(state, base_port, fsync=fsync)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await asyncio.to_thread(stack.start)
+        await migrate(stack.postgres.dsn())
+        yield stack, state, procs
+    finally:
+        await asyncio.to_thread(stop_processes, procs)
+        await asyncio.to_thread(stack.stop)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def run(state: Path, base_port: int) -> int:
