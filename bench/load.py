@@ -30,7 +30,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from devtools.stack import private_system, service_env, spawn_service, wait_ready
+from devtools.stack import metric_sum, private_system, service_env, spawn_service, wait_ready
 from shared.auth import mint
 from shared.service import install_uvloop
 
@@ -139,13 +139,7 @@ async def work_done(session: aiohttp.ClientSession, ports: dict[str, list[int]])
         for port in plist:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                 text = await response.text()
-            out[name].append(
-                sum(
-                    float(line.rsplit(" ", 1)[1])
-                    for line in text.splitlines()
-                    if line.startswith(WORK_METRIC[name] + " ")
-                )
-            )
+            out[name].append(metric_sum(text, WORK_METRIC[name]))
     return out
 
 

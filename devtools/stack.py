@@ -385,6 +385,13 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else name
 
 
+def metric_sum(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text page (all its label sets)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
 def spawn_service(name: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Start ``chat-<name>`` as a process with ``env``, its output appended to ``log``
     (devstack, the tests' harness and the benchmarks all start services this way)."""

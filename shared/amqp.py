@@ -22,7 +22,8 @@ wrapper (:class:`Consumer`) turns it into ack, retry or dead-letter:
 A body that cannot be decoded is dead-lettered the same way, with its reason.
 
 Each queue has its own channel, and a failed batch is retried or isolated queue by queue, so
-one queue's trouble never holds another's messages; releasing a queue is closing its channel: the broker returns the unacked messages to the head
+one queue's trouble holds another's messages at most until the batch they share fails;
+releasing a queue is closing its channel: the broker returns the unacked messages to the head
 of the queue, in order, and activates the next single-active consumer in the same step
 (``../shared/notes/partition-assignment.md``, section 2). ``basic.cancel`` is never used: it
 would let the successor start past our prefetched messages, out of order.
@@ -206,7 +207,7 @@ class Consumer(Generic[T]):
     one Redis round trip, one publish per destination for all of them: that is what keeps the
     cost per message low). Normally one batch runs at a time. When it has run for
     ``STALL_AFTER`` (a lock, a slow dependency), another may start for the queues it does not
-    hold, up to ``max_concurrent``: a stalled queue does not stall the others. A batch that
+    hold, up to ``max_concurrent``: a stalled queue does not stall the others' new messages. A batch that
     fails is handled again queue by queue, each with :func:`isolate`, so a retry or a culprit in
     one queue never holds back the others' messages. Each queue's messages are settled on its
     own channel with one ``ack(multiple=True)``.

@@ -48,7 +48,6 @@ class Database:
         self.command_timeout = command_timeout
         self.pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._connect(), name="db-connect")
@@ -66,7 +65,6 @@ class Database:
                     # no prepared-statement cache: safe behind pgbouncer in transaction mode (asyncpg #198)
                     statement_cache_size=0,
                 )
-                self.connected.set()
                 log.info("db_connected")
                 return
             except TRANSIENT as exc:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import aiohttp
 import asyncpg
 
-from devtools.stack import Stack, spawn_service, wait_ready
+from devtools.stack import Stack, metric_sum, spawn_service, wait_ready
 from query.store import direct_key
 from shared.auth import mint
 
@@ -234,11 +234,7 @@ class System:
         """The sum of every sample of ``name`` on ``service``'s /metrics."""
         async with aiohttp.ClientSession() as session, session.get(f"{service.url}/metrics") as response:
             text = await response.text()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name) and line[len(name)] in " {"
-        )
+        return metric_sum(text, name)
 
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.stack.postgres.dsn(self.database))

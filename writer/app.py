@@ -85,9 +85,6 @@ class Writer:
         """
         started = time.perf_counter()
         now = time.time()
-        for command in commands:
-            if isinstance(command, envelope.SendMessage) and command.accepted_at is not None:
-                COMMAND_AGE.observe(max(0.0, now - command.accepted_at))
         try:
             async with self.db.acquire() as conn, conn.transaction():
                 decided, events = await store(conn, commands)
@@ -97,6 +94,9 @@ class Writer:
             events = [self._traced(e, now) for e in events]
         await self._announce(events)
         elapsed = time.perf_counter() - started
+        for command in commands:  # once per stored batch: a retried or split batch is not counted twice
+            if isinstance(command, envelope.SendMessage) and command.accepted_at is not None:
+                COMMAND_AGE.observe(max(0.0, now - command.accepted_at))
         STORED.inc(decided.stored)
         DUPLICATES.inc(decided.duplicates)
         for event in events:

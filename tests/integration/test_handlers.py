@@ -3,6 +3,7 @@ real Postgres and Redis, no broker. The consumer's isolation rule runs on top of
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import datetime, timezone
@@ -52,7 +53,8 @@ async def writer_db(stack):
     dsn = stack.postgres.dsn(new_database(stack))
     db = Database(dsn, max_size=2)
     db.start()
-    await db.connected.wait()
+    while db.pool is None:  # the pool is created in the background
+        await asyncio.sleep(0.05)
     conn = await asyncpg.connect(dsn)
     cid = uuid.uuid4()
     await conn.execute(

@@ -15,7 +15,7 @@ import aio_pika
 
 from ..harness import System, WsClient
 from ..protocol import problems
-from .test_resilience import burst, check_guarantees, echoes, pairs_of, wait_all_echoed
+from .test_resilience import burst, check_guarantees, echoes, pairs_of, wait_all_echoed, wait_all_received
 
 P = 8
 
@@ -54,10 +54,7 @@ async def test_two_writers_and_two_notifiers_both_work_and_a_leaver_hands_over(s
     pairs = await pairs_of(system, 48, "s")  # 48 conversations over 8 partitions
     await burst(pairs, 10, "m")
     await wait_all_echoed(pairs, 10, timeout=60)
-    for _, receiver, _ in pairs:
-        await receiver.wait_for(
-            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 10 or None, timeout=30
-        )
+    await wait_all_received(pairs, 10, timeout=30)
     assert await check_guarantees(system, pairs) == 480
     stored = [await system.metric(w, "chat_messages_stored_total") for w in writers]
     routed = [await system.metric(n, "chat_frames_routed_total") for n in notifiers]
@@ -94,10 +91,7 @@ async def test_a_killed_writer_is_replaced_then_gets_its_share_back_and_nothing_
     )
     await sending
     await wait_all_echoed(pairs, 100, timeout=90)
-    for _, receiver, _ in pairs:
-        await receiver.wait_for(
-            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 100 or None, timeout=30
-        )
+    await wait_all_received(pairs, 100, timeout=30)
     assert await check_guarantees(system, pairs) == 1600
     for sender, _, _ in pairs:
         assert not sender.of_type("error")
@@ -223,10 +217,7 @@ async def test_a_writer_cut_off_from_redis_keeps_working_beside_one_that_is_not(
     pairs = await pairs_of(system, 16, "x")
     await burst(pairs, 20, "x")
     await wait_all_echoed(pairs, 20, timeout=60)
-    for _, receiver, _ in pairs:
-        await receiver.wait_for(
-            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 20 or None, timeout=30
-        )
+    await wait_all_received(pairs, 20, timeout=30)
     assert await check_guarantees(system, pairs) == 320
 
 

@@ -86,6 +86,12 @@ async def wait_all_echoed(pairs, per_sender: int, timeout: float) -> None:
         await sender.wait_for(lambda fs, s=sender: len(echoes(s)) >= per_sender or None, timeout=timeout)
 
 
+async def wait_all_received(pairs, count: int, timeout: float) -> None:
+    """Every receiver holds at least ``count`` distinct messages (deduplicated by messageId)."""
+    for _, receiver, _ in pairs:
+        await receiver.wait_for(lambda fs, r=receiver: len(received_ids(r)) >= count or None, timeout=timeout)
+
+
 async def test_kill_9_a_writer_then_a_notifier_with_2000_messages_in_flight(system):
     # the first of each starts alone, so it is the active consumer of every partition: the one to kill
     writer0 = await system.start("writer")
@@ -111,11 +117,7 @@ async def test_kill_9_a_writer_then_a_notifier_with_2000_messages_in_flight(syst
     await wait_all_echoed(wave2, 100, timeout=60)
 
     for pairs in (wave1, wave2):
-        for _, receiver, _ in pairs:
-            await receiver.wait_for(
-                lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= 100 or None,
-                timeout=30,
-            )
+        await wait_all_received(pairs, 100, timeout=30)
     assert await check_guarantees(system, wave1 + wave2) == 4000
     # the survivors really took over the killed ones' partitions
     assert '"batch_stored"' in writer1.output() and '"events_routed"' in notifier1.output()
@@ -213,11 +215,7 @@ async def test_rabbitmq_then_redis_restart_mid_stream(system):
     await asyncio.to_thread(system.stack.redis.start)
 
     await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
-    for _, receiver, _ in pairs:
-        await receiver.wait_for(
-            lambda fs: len({f["messageId"] for f in fs if f.get("type") == "new-message"}) >= per_sender or None,
-            timeout=60,
-        )
+    await wait_all_received(pairs, per_sender, timeout=60)
     assert await check_guarantees(system, pairs) == per_sender * len(pairs)
     for service in system.services:
         assert service.proc.poll() is None, f"{service.name} died"

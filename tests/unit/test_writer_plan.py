@@ -134,16 +134,21 @@ def test_rows_latest_and_read_pointers():
     assert [e.last_read_seq for e in resolved if isinstance(e, ReadUpdated)] == [6]
 
 
-def test_a_resend_of_a_stored_message_announces_the_original():
-    old = Stored(
+def stored_as(temp: str, cid: uuid.UUID, *, seq: int, content: str) -> Stored:
+    """A message of alice's already in the database under tempMessageId ``temp``."""
+    return Stored(
         id=uuid.UUID(int=7),
-        conversation_id=C1,
-        seq=3,
+        conversation_id=cid,
+        seq=seq,
         sender_id="alice",
-        temp_message_id="t",
-        content="first",
+        temp_message_id=temp,
+        content=content,
         sent_at=NOW,
     )
+
+
+def test_a_resend_of_a_stored_message_announces_the_original():
+    old = stored_as("t", C1, seq=3, content="first")
     result = run([send("alice", C1, "t", "changed")], existing={("alice", "t"): old})
     assert not result.new_messages and result.duplicates == 1
     (event,) = result.events
@@ -151,15 +156,7 @@ def test_a_resend_of_a_stored_message_announces_the_original():
 
 
 def test_a_temp_id_reused_in_another_conversation_is_refused_not_echoed():
-    old = Stored(
-        id=uuid.UUID(int=7),
-        conversation_id=C2,
-        seq=1,
-        sender_id="alice",
-        temp_message_id="t",
-        content="to carol",
-        sent_at=NOW,
-    )
+    old = stored_as("t", C2, seq=1, content="to carol")
     result = run([send("alice", C1, "t", "to bob")], existing={("alice", "t"): old})
     assert summary(result.events) == [("rejected", "invalid_frame", "t")]
     assert not result.new_messages
