@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -30,6 +32,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
+from bench import cpu
 from devtools.stack import metric_sum, private_system, service_env, spawn_service, wait_ready
 from shared.auth import mint
 from shared.service import install_uvloop
@@ -39,10 +42,41 @@ BIN = Path(sys.executable).parent
 decoder = msgspec.json.Decoder()
 
 
+class GeneratorStalls:
+    """The load generator's own loop lag and GC pauses: a stall here is not the system's."""
+
+    def __init__(self) -> None:
+        self.lag = 0.0
+        self.gc = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc = max(self.gc, time.perf_counter() - self._gc_started)
+
+    async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.02
+            await asyncio.sleep(0.02)
+            self.lag = max(self.lag, loop.time() - due)
+
+    def take(self) -> tuple[float, float]:
+        out = (self.lag, self.gc)
+        self.lag = self.gc = 0.0
+        return out
+
+
 @dataclass
 class Stats:
     sent_at: dict[str, int] = field(default_factory=dict)  # tempMessageId -> ns
     latencies: list[float] = field(default_factory=list)  # ms
+    worst: tuple[float, float] = (0.0, 0.0)  # (latency ms, seconds into the step it was sent)
+    step_started_ns: int = 0
+    step: int = 0  # in every tempMessageId, so a rate run twice is not taken for retries
     delivered: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     seen: set[tuple[int, str]] = field(default_factory=set)
@@ -69,7 +103,10 @@ async def reader(index: int, ws: aiohttp.ClientWebSocketResponse, stats: Stats) 
             stats.seen.add(key)
             started = stats.sent_at.get(frame["tempMessageId"])
             if started is not None:
-                stats.latencies.append((now - started) / 1e6)
+                latency = (now - started) / 1e6
+                stats.latencies.append(latency)
+                if latency > stats.worst[0]:
+                    stats.worst = (latency, (started - stats.step_started_ns) / 1e9)
             stats.delivered += 1
         elif kind == "error":
             stats.errors[frame["code"]] = stats.errors.get(frame["code"], 0) + 1
@@ -81,7 +118,11 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
     sent = 0
     start_delivered = stats.delivered
     stats.latencies.clear()
+    stats.worst = (0.0, 0.0)
+    stats.step += 1
     started = time.perf_counter()
+    stats.step_started_ns = int(started * 1e9)
+    began = time.strftime("%H:%M:%S", time.gmtime()) + " UTC"
     deadline = started + seconds
 
     async def sender(i: int) -> None:
@@ -97,7 +138,7 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
                 return
             if next_at > now:
                 await asyncio.sleep(next_at - now)
-            temp_id = f"{i}-{rate}-{n}"
+            temp_id = f"{i}-{stats.step}-{n}"
             n += 1
             stats.sent_at[temp_id] = time.perf_counter_ns()
             await ws.send_str(
@@ -115,7 +156,10 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
     while stats.delivered - start_delivered < expected and time.perf_counter() < drain_deadline:
         await asyncio.sleep(0.05)
     delivered = stats.delivered - start_delivered
+    drain_seconds = time.perf_counter() - started - send_seconds
     return {
+        "began": began,
+        "drain_seconds": drain_seconds,
         "rate": rate,
         "sent": sent,
         "send_rate": round(sent / send_seconds, 1),
@@ -124,6 +168,9 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
         "lost": expected - delivered,
         "p50_ms": round(percentile(stats.latencies, 50), 1),
         "p99_ms": round(percentile(stats.latencies, 99), 1),
+        "max_ms": round(stats.worst[0], 1),
+        "worst_at_s": round(stats.worst[1], 2),
+        "seconds": send_seconds,
         "errors": dict(stats.errors),
     }
 
@@ -141,6 +188,47 @@ async def work_done(session: aiohttp.ClientSession, ports: dict[str, list[int]])
                 text = await response.text()
             out[name].append(metric_sum(text, WORK_METRIC[name]))
     return out
+
+
+HOPS = (
+    ("stored", "chat_writer_command_age_seconds"),
+    ("routed", "chat_notifier_event_age_seconds"),
+    ("on socket", "chat_message_delivery_seconds"),
+)
+
+
+def cpu_groups(stack, procs) -> dict[str, list[int]]:
+    """The processes whose CPU the benchmark reports: each service kind, and each server."""
+    groups: dict[str, list[int]] = {}
+    for proc in procs:
+        name = Path(proc.args[0]).name.removeprefix("chat-")
+        groups.setdefault(name, []).append(proc.pid)
+    groups["rabbitmq"] = [stack.rabbitmq.proc.pid]
+    groups["postgres"] = [cpu.postmaster_pid(stack.postgres.data)]
+    groups["redis"] = [stack.redis.proc.pid]
+    return groups
+
+
+async def hops(
+    session: aiohttp.ClientSession, ports: dict[str, list[int]], gateway_ports: list[int]
+) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each hop-latency histogram, over every replica."""
+    pages = []
+    for port in [*ports["writer"], *ports["notifier"], *gateway_ports]:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            pages.append(await response.text())
+    return {
+        hop: (sum(metric_sum(t, f"{name}_sum") for t in pages), sum(metric_sum(t, f"{name}_count") for t in pages))
+        for hop, name in HOPS
+    }
+
+
+def hop_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> str:
+    parts = []
+    for hop, _ in HOPS:
+        seconds, count = after[hop][0] - before[hop][0], after[hop][1] - before[hop][1]
+        parts.append(f"{hop} {1000 * seconds / count:.1f}" if count else f"{hop} -")
+    return ", ".join(parts)
 
 
 def shares(before: list[float], after: list[float]) -> list[float]:
@@ -209,14 +297,55 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
                 flush=True,
             )
-            print("rate  sent/s  delivered/s  p50_ms  p99_ms  lost  errors", flush=True)
+            print("rate  sent/s  delivered/s  p50_ms  p99_ms  max_ms  lost  errors", flush=True)
             work = await work_done(session, ports)
+            groups = cpu_groups(stack, procs)
+            generator_stalls = GeneratorStalls()
+            stall_watch = asyncio.create_task(generator_stalls.watch())
+            before = cpu.sample(groups)
+            await asyncio.sleep(10)
+            idle = {name: seconds - before[name] for name, seconds in cpu.sample(groups).items()}
+            print(
+                "    0 idle, cpu % of one core: "
+                + ", ".join(f"{name} {10 * seconds:.1f}" for name, seconds in idle.items())
+                + f"; server total {10 * sum(idle.values()):.1f}",
+                flush=True,
+            )
             for rate in rates:
                 stats.errors.clear()
+                cpu_before, hops_before = cpu.sample(groups), await hops(session, ports, gateway_ports)
+                generator_before = time.process_time()
+                generator_stalls.take()
                 result = await run_step(conns, conversations, args.size, rate, args.seconds, stats)
+                cpu_after, hops_after = cpu.sample(groups), await hops(session, ports, gateway_ports)
+                generator = time.process_time() - generator_before
+                lag, gc_pause = generator_stalls.take()
                 print(
                     f"{result['rate']:>5.0f} {result['send_rate']:>7} {result['delivered_per_s']:>12} "
-                    f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['lost']:>5}  {result['errors'] or ''}",
+                    f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['max_ms']:>7} {result['lost']:>5}  "
+                    f"{result['errors'] or ''}"
+                    + (
+                        f" worst sent {result['worst_at_s']} s after the step began at {result['began']}"
+                        if result["max_ms"] > 300
+                        else ""
+                    ),
+                    flush=True,
+                )
+                # CPU over the whole step (the send window and the drain after it)
+                wall = result["seconds"] + result["drain_seconds"]
+                used = {name: cpu_after[name] - cpu_before[name] for name in groups}
+                server = sum(used.values())
+                print(
+                    "      cpu % of one core: "
+                    + ", ".join(
+                        f"{name} {100 * used[name] / wall:.0f}" for name in sorted(used, key=used.get, reverse=True)
+                    )
+                    + f"; server total {100 * server / wall:.0f}, generator {100 * generator / wall:.0f}"
+                    + f"; server CPU per message {1000 * server / max(result['sent'], 1):.2f} ms",
+                    flush=True,
+                )
+                print(
+                    "      hops (mean ms since the gateway accepted it): " + hop_report(hops_before, hops_after),
                     flush=True,
                 )
                 now = await work_done(session, ports)
@@ -241,6 +370,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 await ws.close()
             for task in readers:
                 task.cancel()
+            stall_watch.cancel()
+        if args.keep_logs:
+            keep = Path(args.keep_logs)
+            keep.mkdir(parents=True, exist_ok=True)
+            for log in [*state.glob("*.log"), state / "postgres" / "postgres.log", *state.glob("rabbitmq/log/*.log")]:
+                shutil.copy(log, keep / log.name)
+            print(f"logs kept in {keep}")
 
 
 def main() -> None:
@@ -254,6 +390,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=32)
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()
     install_uvloop()
     asyncio.run(main_async(args))

@@ -199,7 +199,7 @@ def openapi_document() -> bytes:
 def create_app(settings: QuerySettings) -> web.Application:
     app = web.Application(middlewares=[access_log, cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
     readiness = add_routes(app, "query", ops_port=settings.ops_port, host=settings.host)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, statement_cache=settings.db_statement_cache)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()

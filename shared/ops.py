@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import prometheus_client
 from aiohttp import web
 
+from . import stalls
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -115,6 +116,7 @@ def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: s
         readiness.draining = True
 
     app.on_shutdown.append(draining)
+    app.cleanup_ctx.append(stalls.watch)
     target = app
     if ops_port:
         target = web.Application(middlewares=[access_log])

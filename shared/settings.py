@@ -98,6 +98,7 @@ class Common:
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     ops_port: int = 0
     otlp_endpoint: str | None = None
+    db_statement_cache: int = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +345,7 @@ def load(
         web_gateways=_web_gateways(env) if service == "query" else (),
         ops_port=_int(env, "CHAT_OPS_PORT", 0, 0, 65535),
         otlp_endpoint=_url(env, "CHAT_OTLP_ENDPOINT", ("http", "https"), required=False),
+        db_statement_cache=_int(env, "CHAT_DB_STATEMENT_CACHE", 100, 0, 10_000) if database else 100,
     )
 
 

@@ -77,7 +77,7 @@ class Writer:
         return envelope.encode(envelope.Commands(items=items))
 
     async def handle(self, commands: list[Command]) -> None:
-        """Store ``commands`` in one transaction, then announce the events (the caller acks).
+        """Store ``commands`` atomically (writer/store.py), then announce the events (the caller acks).
 
         Takes ``{"type":"send-message","user_id":...,"conversation_id":...,"temp_message_id":...,
         "content":...,"origin":{...}}`` (and read-messages, typing); emits ``message-stored``,
@@ -86,7 +86,7 @@ class Writer:
         started = time.perf_counter()
         now = time.time()
         try:
-            async with self.db.acquire() as conn, conn.transaction():
+            async with self.db.acquire() as conn:
                 decided, events = await store(conn, commands)
         except RETRY as exc:
             raise Retryable(f"database: {exc.__class__.__name__}") from None
@@ -136,7 +136,7 @@ class Writer:
 
 def create_app(settings: WriterSettings) -> web.Application:
     app, readiness = ops_app("writer")
-    db = Database(settings.database_url, max_size=4)
+    db = Database(settings.database_url, max_size=4, statement_cache=settings.db_statement_cache)
     redis = redis_client(settings.redis_url)
 
     async def setup(connection: AbstractConnection) -> None:

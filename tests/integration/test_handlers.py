@@ -20,6 +20,7 @@ from shared.db import Database
 from shared.envelope import Origin, ReadMessages, SendMessage
 from shared.registry import Registry
 from writer.app import Writer
+from writer.store import LOCKED
 
 from ..conftest import new_database
 from ..protocol import problems
@@ -95,6 +96,42 @@ async def test_writer_stores_and_announces_in_order(writer_db):
     await writer.handle([send(cid, "t1", "one")])
     assert fake.events()[-1].message_id == events[0].message_id
     assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_two_writers_storing_one_conversation_at_once_keep_seq_gapless(writer_db):
+    """The fast path takes no lock; a writer that lost the race for a seq stores again, locked."""
+    db, conn, cid = writer_db
+    fakes = [FakePublisher(), FakePublisher()]
+    writers = [Writer(db, fake, partitions=4) for fake in fakes]
+    locked = LOCKED._value.get()
+    for round_ in range(20):
+        await asyncio.gather(
+            *(
+                w.handle([send(cid, f"w{n}-{round_}-{i}", user=("alice", "bob")[n]) for i in range(3)])
+                for n, w in enumerate(writers)
+            )
+        )
+    rows = await conn.fetch("SELECT seq, temp_message_id FROM messages WHERE conversation_id = $1 ORDER BY seq", cid)
+    assert [r["seq"] for r in rows] == list(range(1, 121))
+    announced = sorted(e.seq for fake in fakes for e in fake.events())
+    assert announced == list(range(1, 121))  # each stored message announced once, with the seq it was stored under
+    assert await conn.fetchval("SELECT last_seq FROM conversations WHERE id = $1", cid) == 120
+    assert LOCKED._value.get() > locked  # the race did happen, and was settled under the lock
+
+
+async def test_a_redelivered_batch_with_new_sends_stores_only_the_new_ones(writer_db):
+    db, conn, cid = writer_db
+    fake = FakePublisher()
+    writer = Writer(db, fake, partitions=4)
+    await writer.handle([send(cid, "a"), send(cid, "b")])
+    await writer.handle([send(cid, "a"), send(cid, "c"), send(cid, "b"), send(cid, "d")])
+    stored = await conn.fetch("SELECT seq, temp_message_id FROM messages ORDER BY seq")
+    assert [(r["seq"], r["temp_message_id"]) for r in stored] == [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
+    assert [(e.temp_message_id, e.seq) for e in fake.events()][2:] == [("a", 1), ("c", 3), ("b", 2), ("d", 4)]
+    reads = await conn.fetch(
+        "SELECT user_id, last_read_seq, last_sent_at IS NOT NULL AS listed FROM participants ORDER BY user_id"
+    )
+    assert [tuple(r) for r in reads] == [("alice", 4, True), ("bob", 0, True)]
 
 
 async def test_writer_says_retryable_when_the_broker_cannot_take_its_events(writer_db):
