@@ -25,7 +25,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_PORT": "port to listen on (defaults: gateway 8080, query 8081, writer 8082, notifier 8083)",
     "CHAT_OPS_PORT": "gateway and query: serve /healthz, /readyz and /metrics on this port only, off the public one (default 0: on CHAT_PORT)",
     "CHAT_INSTANCE_ID": "this instance's identity, [A-Za-z0-9._-]{1,64} (default: hostname + random suffix)",
-    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 32; the same on every service; the most writers or notifiers that can be busy at once)",
+    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 8; the same on every service; the most writers or notifiers that can be busy at once)",
     "CHAT_JWT_SECRET": "HS256 secret, at least 32 characters (development and self-hosting)",
     "CHAT_JWT_JWKS_URL": "JWKS document URL for RS256/ES256 keys (e.g. Cognito's <issuer>/.well-known/jwks.json)",
     "CHAT_JWT_ISSUER": "expected iss claim (checked when set)",
@@ -42,10 +42,11 @@ VARIABLES: dict[str, str] = {
     "CHAT_RATE_TYPING": "typing per user: per-second rate:burst; extra typing frames are dropped (default 5:20)",
     "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
     "CHAT_OTLP_ENDPOINT": "OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export one trace per message to; unset: tracing off",
+    "CHAT_DB_STATEMENT_CACHE": "prepared statements cached per database connection, 0..10000 (default 100; 0 behind a pgbouncer older than 1.21 in transaction mode)",
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
-DEFAULT_PARTITIONS = 32
+DEFAULT_PARTITIONS = 8
 DEFAULT_PORTS = {"gateway": 8080, "query": 8081, "writer": 8082, "notifier": 8083}
 SYMMETRIC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
