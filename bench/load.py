@@ -191,10 +191,21 @@ async def work_done(session: aiohttp.ClientSession, ports: dict[str, list[int]])
 
 
 HOPS = (
-    ("stored", "chat_writer_command_age_seconds"),
-    ("routed", "chat_notifier_event_age_seconds"),
-    ("on socket", "chat_message_delivery_seconds"),
+    ("stored", "chat_writer_command_age_seconds", ""),
+    ("routed", "chat_notifier_event_age_seconds", ""),
+    ("on socket", "chat_message_delivery_seconds", ""),
+    ("command confirm", "chat_amqp_publish_seconds", 'exchange="chat.commands"'),
+    ("event confirm", "chat_amqp_publish_seconds", 'exchange="chat.events"'),
+    ("delivery confirm", "chat_amqp_publish_seconds", 'exchange="chat.deliveries"'),
 )
+
+
+def labelled_sum(text: str, name: str, label: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {" and label in line
+    )
 
 
 def cpu_groups(stack, procs) -> dict[str, list[int]]:
@@ -218,14 +229,17 @@ async def hops(
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             pages.append(await response.text())
     return {
-        hop: (sum(metric_sum(t, f"{name}_sum") for t in pages), sum(metric_sum(t, f"{name}_count") for t in pages))
-        for hop, name in HOPS
+        hop: (
+            sum(labelled_sum(t, f"{name}_sum", label) for t in pages),
+            sum(labelled_sum(t, f"{name}_count", label) for t in pages),
+        )
+        for hop, name, label in HOPS
     }
 
 
 def hop_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> str:
     parts = []
-    for hop, _ in HOPS:
+    for hop, _, _ in HOPS:
         seconds, count = after[hop][0] - before[hop][0], after[hop][1] - before[hop][1]
         parts.append(f"{hop} {1000 * seconds / count:.1f}" if count else f"{hop} -")
     return ", ".join(parts)
@@ -345,7 +359,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     flush=True,
                 )
                 print(
-                    "      hops (mean ms since the gateway accepted it): " + hop_report(hops_before, hops_after),
+                    "      mean ms: since the gateway accepted it, " + hop_report(hops_before, hops_after),
                     flush=True,
                 )
                 now = await work_done(session, ports)
@@ -389,7 +403,7 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=1)
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
-    parser.add_argument("--partitions", type=int, default=32)
+    parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()
     install_uvloop()

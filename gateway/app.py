@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import prometheus_client
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
@@ -25,12 +26,16 @@ from shared.tasks import cancel_and_wait
 
 from .delivery import Deliverer
 from .hub import Hub
-from .leases import renew_leases
+from .leases import SERVICE_RESTART, renew_leases
 from .publisher import CommandPublisher
 from .state import GATEWAY, Gateway
 from .ws import websocket
 
 log = get_logger(__name__)
+BROKER_LOST_CLOSES = prometheus_client.Counter(
+    "chat_gateway_broker_lost_closes_total",
+    "Times every socket was closed with 1012 because the broker connection was lost",
+)
 
 
 ASYNCAPI = Path(__file__).parent / "asyncapi.yaml"
@@ -56,7 +61,22 @@ def create_app(settings: GatewaySettings) -> web.Application:
         queue = await topology.declare_gateway_queue(channel, settings.instance_id)
         await broker.consume(channel, queue, deliverer)
 
-    broker = Broker(settings.amqp_url, name=f"gateway:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    def broker_lost() -> None:
+        # Deliveries are transient (docs/events.md): a broker that restarts drops those still
+        # queued for this gateway, so its sockets may have missed events. Their clients reconnect
+        # and catch up over REST rather than wait for what may never come.
+        if hub.by_id:
+            BROKER_LOST_CLOSES.inc()
+            log.warning("broker_lost_closing_sockets", connections=len(hub.by_id))
+            hub.close_soon_all(SERVICE_RESTART, "broker connection lost")
+
+    broker = Broker(
+        settings.amqp_url,
+        name=f"gateway:{settings.instance_id}",
+        setup=setup,
+        on_fatal=fatal,
+        on_lost=broker_lost,
+    )
     gw = Gateway(
         settings=settings,
         readiness=readiness,

@@ -107,9 +107,9 @@ class Notifier:
         body = envelope.encode(envelope.Deliveries(items=items))
         try:
             if instance is BROADCAST:
-                await self.publisher.publish(topology.BROADCAST, "", body)
+                await self.publisher.publish(topology.BROADCAST, "", body, persistent=False)
             else:
-                await self.publisher.publish(topology.DELIVERIES, instance, body, mandatory=True)
+                await self.publisher.publish(topology.DELIVERIES, instance, body, mandatory=True, persistent=False)
         except Unroutable:  # that gateway is gone, and its sockets with it
             log.info("gateway_gone", gateway=instance, frames=len(items))
             return

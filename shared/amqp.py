@@ -59,6 +59,12 @@ RETRIES = prometheus_client.Counter("chat_consumer_retries_total", "Retryable fa
 DEAD_LETTERED = prometheus_client.Counter(
     "chat_consumer_dead_lettered_total", "Items or bodies set aside into chat.dead", ["kind"]
 )
+PUBLISH_SECONDS = prometheus_client.Histogram(
+    "chat_amqp_publish_seconds",
+    "A publish until the broker's confirm",
+    ["exchange"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 ISOLATIONS = prometheus_client.Counter(
     "chat_consumer_isolations_total", "Batches split to isolate an item that failed", ["kind"]
 )
@@ -529,12 +535,19 @@ class Broker:
     """Supervises one AMQP connection: a confirmed publish channel plus the caller's consumers."""
 
     def __init__(
-        self, url: str, *, name: str, setup: Setup | None = None, on_fatal: Callable[[str], None] | None = None
+        self,
+        url: str,
+        *,
+        name: str,
+        setup: Setup | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.name = name
         self.setup = setup
         self.on_fatal = on_fatal
+        self.on_lost = on_lost  # a connection that was up went down (not at shutdown)
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._workers: list[Worker] = []
@@ -601,6 +614,8 @@ class Broker:
                 lost_wait.cancel()
                 if not self._stop.is_set():
                     log.warning("amqp_connection_lost")
+                    if self.on_lost is not None:
+                        self.on_lost()
             except Fatal as exc:
                 log.error("amqp_setup_refused", error=str(exc))
                 self._stop.set()
@@ -654,8 +669,9 @@ class Broker:
         mandatory: bool = False,
         timeout: float = PUBLISH_TIMEOUT,
         headers: dict[str, Any] | None = None,
+        persistent: bool = True,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm, within ``timeout``."""
+        """Publish (persistently unless told otherwise) and wait for the broker's confirm, within ``timeout``."""
         channel = self._channel
         if channel is None or channel.is_closed or not self.connected.is_set():
             raise Unavailable("broker not connected")
@@ -665,13 +681,15 @@ class Broker:
             self._exchanges[exchange] = target
         message = aio_pika.Message(
             body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT,
             content_type="application/json",
             message_id=uuid.uuid4().hex,  # a returned message is matched to its publish by id
             headers=headers,
         )
+        started = time.perf_counter()
         try:
             await asyncio.wait_for(target.publish(message, routing_key, mandatory=mandatory), timeout)
+            PUBLISH_SECONDS.labels(exchange).observe(time.perf_counter() - started)
         except PublishError:
             raise Unroutable(f"no queue for {exchange}/{routing_key}") from None
         except DeliveryError as exc:

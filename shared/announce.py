@@ -22,6 +22,7 @@ class Publisher(Protocol):
         mandatory: bool = ...,
         timeout: float = ...,
         headers: dict[str, Any] | None = ...,
+        persistent: bool = ...,
     ) -> None: ...
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -67,6 +70,9 @@ class Service:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+CAUGHT_UP = "caught-up"  # the type the harness gives a message a client read over REST after a reconnect
+
+
 class WsClient:
     """A test WebSocket client that records every frame it receives."""
 
@@ -79,18 +85,42 @@ class WsClient:
         self.violations: list[str] = []  # frames that do not match gateway/asyncapi.yaml
         self.changed = asyncio.Condition()
         self.closed_code: int | None = None
+        # set by System.connect(..., catch_up=True): after a 1012 (service restart) the client does
+        # what the contract asks, reconnects and catches up over REST; this returns the new socket
+        self.resume: Callable[[WsClient], Awaitable[aiohttp.ClientWebSocketResponse]] | None = None
+        self.restarts = 0
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                async with self.changed:
-                    self.frames.append(json.loads(msg.data))
-                    self.violations += [f"{msg.data[:200]}: {p}" for p in problems("ServerFrame", self.frames[-1])]
-                    self.arrived.append(asyncio.get_running_loop().time())
-                    self.changed.notify_all()
+        while True:
+            async for msg in self.ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    async with self.changed:
+                        self.frames.append(json.loads(msg.data))
+                        self.violations += [f"{msg.data[:200]}: {p}" for p in problems("ServerFrame", self.frames[-1])]
+                        self.arrived.append(asyncio.get_running_loop().time())
+                        self.changed.notify_all()
+            if self.ws.close_code == 1012 and self.resume is not None:
+                self.restarts += 1
+                self.ws = await self.resume(self)
+                continue
+            break
         async with self.changed:
             self.closed_code = self.ws.close_code
+            self.changed.notify_all()
+
+    def seen_seqs(self) -> dict[str, int]:
+        """conversationId -> the highest seq this client has, over the socket or from catch-up."""
+        out: dict[str, int] = {}
+        for f in self.frames:
+            if f.get("type") in ("new-message", CAUGHT_UP):
+                out[f["conversationId"]] = max(out.get(f["conversationId"], 0), f["seq"])
+        return out
+
+    async def caught_up(self, messages: list[dict[str, Any]]) -> None:
+        async with self.changed:
+            self.frames += [{**m, "type": CAUGHT_UP} for m in messages]
+            self.arrived += [asyncio.get_running_loop().time()] * len(messages)
             self.changed.notify_all()
 
     async def send(self, frame: dict[str, Any] | str) -> None:
@@ -206,7 +236,11 @@ class System:
     def of(self, name: str) -> list[Service]:
         return [s for s in self.services if s.name == name]
 
-    async def connect(self, user: str, gateway: int = 0, token_value: str | None = None) -> WsClient:
+    async def connect(
+        self, user: str, gateway: int = 0, token_value: str | None = None, *, catch_up: bool = False
+    ) -> WsClient:
+        """A socket for ``user``; with ``catch_up`` (needs the query service) a 1012 close makes the
+        client reconnect and read what it missed over REST, as the contract asks of clients."""
         session = aiohttp.ClientSession()
         url = f"{self.of('gateway')[gateway].url}/?Authorization={token_value or token(user)}"
         try:
@@ -215,8 +249,41 @@ class System:
             await session.close()
             raise
         client = WsClient(ws, session, user)
+        if catch_up:
+            client.resume = functools.partial(self._resume, url)
         self.clients.append(client)
         return client
+
+    async def _resume(self, url: str, client: WsClient) -> aiohttp.ClientWebSocketResponse:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ws = await client.session.ws_connect(url)
+                break
+            except (aiohttp.ClientError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        # catch up: every conversation of the user, from the highest seq the client already has
+        query, auth = self.of("query")[0].url, {"Authorization": token(client.user)}
+        seen = client.seen_seqs()
+        async with client.session.get(f"{query}/conversations", headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            conversations = [c["conversationId"] for c in await resp.json()]
+        for cid in conversations:
+            after = seen.get(cid, 0)
+            while True:
+                params = {"limit": "100", "afterSeq": str(after)}
+                async with client.session.get(
+                    f"{query}/conversations/{cid}/messages", headers=auth, params=params
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    page = await resp.json()
+                if not page:
+                    break
+                await client.caught_up(page)
+                after = max(m["seq"] for m in page)
+        return ws
 
     def active_consumers(self, queue_prefix: str) -> dict[str, str]:
         """The broker's view: queue -> instance id of its active consumer (tags are ``<kind>:<instance>:<p>``)."""
