@@ -196,10 +196,10 @@ async def pairs_of_one_gateway(system: System, n: int) -> list[tuple[WsClient, W
 async def test_a_service_started_with_another_partition_count_is_refused(system):
     system.partitions = 4
     await system.start("writer")
-    other = system.spawn("gateway", env={"CHAT_PARTITIONS": "8"})
+    other = system.spawn("gateway", env={"CHAT_PARTITIONS": "16"})
     code = await asyncio.to_thread(other.proc.wait, 30)
     assert code == 2
-    assert "CHAT_PARTITIONS=8 does not match this broker" in other.output()
+    assert "CHAT_PARTITIONS=16 does not match this broker" in other.output()
 
 
 async def test_a_writer_cut_off_from_redis_keeps_working_beside_one_that_is_not(system):
