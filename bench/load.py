@@ -77,6 +77,7 @@ class Stats:
     worst: tuple[float, float] = (0.0, 0.0)  # (latency ms, seconds into the step it was sent)
     step_started_ns: int = 0
     step: int = 0  # in every tempMessageId, so a rate run twice is not taken for retries
+    by_second: dict[int, float] = field(default_factory=dict)  # second of the step -> worst latency sent in it
     delivered: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     seen: set[tuple[int, str]] = field(default_factory=set)
@@ -105,6 +106,8 @@ async def reader(index: int, ws: aiohttp.ClientWebSocketResponse, stats: Stats) 
             if started is not None:
                 latency = (now - started) / 1e6
                 stats.latencies.append(latency)
+                second = int((started - stats.step_started_ns) / 1e9)
+                stats.by_second[second] = max(stats.by_second.get(second, 0.0), latency)
                 if latency > stats.worst[0]:
                     stats.worst = (latency, (started - stats.step_started_ns) / 1e9)
             stats.delivered += 1
@@ -119,6 +122,7 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
     start_delivered = stats.delivered
     stats.latencies.clear()
     stats.worst = (0.0, 0.0)
+    stats.by_second.clear()
     stats.step += 1
     started = time.perf_counter()
     stats.step_started_ns = int(started * 1e9)
@@ -169,6 +173,7 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
         "p50_ms": round(percentile(stats.latencies, 50), 1),
         "p99_ms": round(percentile(stats.latencies, 99), 1),
         "max_ms": round(stats.worst[0], 1),
+        "slow_seconds": {k: round(v) for k, v in sorted(stats.by_second.items()) if v > 300},
         "worst_at_s": round(stats.worst[1], 2),
         "seconds": send_seconds,
         "errors": dict(stats.errors),
@@ -339,7 +344,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['max_ms']:>7} {result['lost']:>5}  "
                     f"{result['errors'] or ''}"
                     + (
-                        f" worst sent {result['worst_at_s']} s after the step began at {result['began']}"
+                        f" worst sent {result['worst_at_s']} s after the step began at {result['began']};"
+                        f" seconds with a message over 300 ms: {result['slow_seconds']}"
                         if result["max_ms"] > 300
                         else ""
                     ),
@@ -375,7 +381,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 ok = result["p99_ms"] <= 200 and result["lost"] == 0 and not result["errors"]
                 if ok:
                     best = result
-                elif args.step:
+                elif args.step and not args.keep_going:
                     break
                 await asyncio.sleep(2)
             if args.step:
@@ -404,6 +410,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--keep-going", action="store_true", help="step mode: run every rate, even after one fails")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()
     install_uvloop()
