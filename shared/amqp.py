@@ -688,7 +688,8 @@ class Broker:
         )
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(target.publish(message, routing_key, mandatory=mandatory), timeout)
+            async with asyncio.timeout(timeout):  # no task per publish, as wait_for would make
+                await target.publish(message, routing_key, mandatory=mandatory)
             PUBLISH_SECONDS.labels(exchange).observe(time.perf_counter() - started)
         except PublishError:
             raise Unroutable(f"no queue for {exchange}/{routing_key}") from None
