@@ -205,14 +205,6 @@ HOPS = (
 )
 
 
-def labelled_sum(text: str, name: str, label: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and line[len(name)] in " {" and label in line
-    )
-
-
 def cpu_groups(stack, procs) -> dict[str, list[int]]:
     """The processes whose CPU the benchmark reports: each service kind, and each server."""
     groups: dict[str, list[int]] = {}
@@ -235,8 +227,8 @@ async def hops(
             pages.append(await response.text())
     return {
         hop: (
-            sum(labelled_sum(t, f"{name}_sum", label) for t in pages),
-            sum(labelled_sum(t, f"{name}_count", label) for t in pages),
+            sum(metric_sum(t, f"{name}_sum", label) for t in pages),
+            sum(metric_sum(t, f"{name}_count", label) for t in pages),
         )
         for hop, name, label in HOPS
     }

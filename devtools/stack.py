@@ -385,10 +385,13 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def metric_sum(text: str, name: str) -> float:
-    """The sum of every sample of ``name`` in a Prometheus text page (all its label sets)."""
+def metric_sum(text: str, name: str, label: str = "") -> float:
+    """The sum of every sample of ``name`` in a Prometheus text page (all its label sets, or
+    those whose line contains ``label``, e.g. ``exchange="chat.events"``)."""
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and line[len(name)] in " {"
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {" and label in line
     )
 
 
