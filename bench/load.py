@@ -199,6 +199,8 @@ HOPS = (
     ("stored", "chat_writer_command_age_seconds", ""),
     ("routed", "chat_notifier_event_age_seconds", ""),
     ("on socket", "chat_message_delivery_seconds", ""),
+    ("writer batch", "chat_writer_batch_seconds", ""),
+    ("notifier batch", "chat_notifier_batch_seconds", ""),
     ("command confirm", "chat_amqp_publish_seconds", 'exchange="chat.commands"'),
     ("event confirm", "chat_amqp_publish_seconds", 'exchange="chat.events"'),
     ("delivery confirm", "chat_amqp_publish_seconds", 'exchange="chat.deliveries"'),
