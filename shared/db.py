@@ -27,6 +27,9 @@ TRANSIENT = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.UniqueViolationError,
+    # a prepared statement whose table a migration changed: asyncpg re-prepares it on the next
+    # try (inside a transaction it cannot do so itself, and the batch must not be dead-lettered)
+    asyncpg.InvalidCachedStatementError,
 )
 
 
