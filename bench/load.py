@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import platform
 import random
@@ -34,6 +33,7 @@ import msgspec
 
 from bench import cpu
 from devtools.stack import metric_sum, private_system, service_env, spawn_service, wait_ready
+from shared import stalls
 from shared.auth import mint
 from shared.service import install_uvloop
 
@@ -43,26 +43,23 @@ decoder = msgspec.json.Decoder()
 
 
 class GeneratorStalls:
-    """The load generator's own loop lag and GC pauses: a stall here is not the system's."""
+    """The load generator's own longest loop lag and GC pause (shared/stalls.py measures them):
+    a stall here is not the system's."""
 
     def __init__(self) -> None:
         self.lag = 0.0
         self.gc = 0.0
-        self._gc_started = 0.0
-        gc.callbacks.append(self._on_gc)
+        self.timer = stalls.GcTimer(self._paused)
+        self.timer.install()
 
-    def _on_gc(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        else:
-            self.gc = max(self.gc, time.perf_counter() - self._gc_started)
+    def _paused(self, pause: float, info: dict) -> None:
+        self.gc = max(self.gc, pause)
+
+    def _lagged(self, lag: float) -> None:
+        self.lag = max(self.lag, lag)
 
     async def watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + 0.02
-            await asyncio.sleep(0.02)
-            self.lag = max(self.lag, loop.time() - due)
+        await stalls.watch_loop(self._lagged, tick=0.02)
 
     def take(self) -> tuple[float, float]:
         out = (self.lag, self.gc)
@@ -359,7 +356,9 @@ async def main_async(args: argparse.Namespace) -> None:
                     flush=True,
                 )
                 print(
-                    "      mean ms: since the gateway accepted it, " + hop_report(hops_before, hops_after),
+                    "      mean ms: since the gateway accepted it, "
+                    + hop_report(hops_before, hops_after)
+                    + f"; generator's own longest loop lag {1000 * lag:.0f} ms, GC pause {1000 * gc_pause:.0f} ms",
                     flush=True,
                 )
                 now = await work_done(session, ports)

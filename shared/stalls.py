@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import prometheus_client
@@ -31,26 +31,43 @@ GC_PAUSE = prometheus_client.Histogram(
 )
 
 
-async def watch_loop() -> None:
+async def watch_loop(report: Callable[[float], None], tick: float = TICK) -> None:
+    """Forever: sleep ``tick`` and ``report`` how late the wake-up came (seconds)."""
     loop = asyncio.get_running_loop()
     while True:
-        due = loop.time() + TICK
-        await asyncio.sleep(TICK)
-        lag = max(0.0, loop.time() - due)
-        LAG.observe(lag)
-        if lag > REPORT_AFTER:
-            log.warning("event_loop_stalled", ms=round(lag * 1000, 1))
+        due = loop.time() + tick
+        await asyncio.sleep(tick)
+        report(max(0.0, loop.time() - due))
 
 
-_gc_started = 0.0
+class GcTimer:
+    """A ``gc.callbacks`` entry that times each collection and reports (seconds, gc's info)."""
+
+    def __init__(self, report: Callable[[float, dict[str, Any]], None]) -> None:
+        self.report = report
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.report(time.perf_counter() - self._started, info)
+
+    def install(self) -> None:
+        gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
-def _on_gc(phase: str, info: dict[str, Any]) -> None:
-    global _gc_started
-    if phase == "start":
-        _gc_started = time.perf_counter()
-        return
-    pause = time.perf_counter() - _gc_started
+def _lagged(lag: float) -> None:
+    LAG.observe(lag)
+    if lag > REPORT_AFTER:
+        log.warning("event_loop_stalled", ms=round(lag * 1000, 1))
+
+
+def _paused(pause: float, info: dict[str, Any]) -> None:
     GC_PAUSE.labels(str(info["generation"])).observe(pause)
     if pause > REPORT_AFTER:
         log.warning("gc_pause", ms=round(pause * 1000, 1), generation=info["generation"], collected=info["collected"])
@@ -58,10 +75,9 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 
 async def watch(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: watch this process's loop and collector for as long as the app runs."""
-    if _on_gc not in gc.callbacks:
-        gc.callbacks.append(_on_gc)
-    task = asyncio.create_task(watch_loop(), name="stall-watch")
+    timer = GcTimer(_paused)
+    timer.install()
+    task = asyncio.create_task(watch_loop(_lagged), name="stall-watch")
     yield
     await cancel_and_wait(task)
-    if _on_gc in gc.callbacks:
-        gc.callbacks.remove(_on_gc)
+    timer.remove()
