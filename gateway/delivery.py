@@ -8,7 +8,7 @@ import prometheus_client
 
 from shared import envelope, tracing
 
-from .hub import Hub
+from .hub import Hub, text_frame
 
 # What users feel: from the gateway accepting a send-message to this gateway handing the frame
 # to a recipient's socket, one sample per connection (the same figure bench/load.py reports).
@@ -25,7 +25,8 @@ class Deliverer:
 
     Takes ``{"v":1,"items":[["<frame json>",["alice","bob"],null],["<error frame>",[],"<conn id>"]]}``
     and pushes each frame to every local connection of those users (or to that one connection).
-    Pushing never waits: a socket that cannot keep up is closed with 1013 by its own outbox.
+    Each frame is built once for all its sockets, and each socket gets everything of a batch in
+    one write. Pushing never waits: a socket that cannot keep up is closed with 1013.
     """
 
     kind = "gateway"
@@ -43,8 +44,9 @@ class Deliverer:
         now = time.time()
         for item in items:
             sockets = 0
+            wire = text_frame(item.frame)
             for conn in self.hub.targets(item.users, item.conn):
-                conn.push(item.frame)
+                conn.push_wire(wire)
                 sockets += 1
                 if item.accepted_at is not None:
                     DELIVERY_SECONDS.observe(max(0.0, now - item.accepted_at))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from shared.settings import Limits
 from .limits import UserLimits
 
 log = get_logger(__name__)
-OUTBOX_LIMIT = 1024  # frames queued toward one socket before it counts as unable to keep up
+OUTBOX_BYTES = (
+    1 << 20
+)  # bytes waiting toward one socket (beyond what the kernel took) before it counts as unable to keep up
 TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT = 5.0
 
@@ -27,63 +30,95 @@ SLOW_CLOSED = prometheus_client.Counter(
 )
 
 
+def text_frame(payload: str) -> bytes:
+    """``payload`` as one unmasked, uncompressed WebSocket text frame (RFC 6455 section 5.2).
+
+    A server frame is the same bytes for every socket, so a frame for five recipients is built
+    once and written five times (the gateway negotiates no compression, see ws.py).
+    """
+    data = payload.encode()
+    size = len(data)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + data
+
+
 class Connection:
-    """One socket: a bounded outbox drained by its own writer task."""
+    """One socket. Frames pushed during one turn of the event loop (a delivery batch) are written
+    together, in one ``write``, right after it; nothing waits for the socket. What the kernel
+    does not take stays in the transport's buffer, bounded by ``OUTBOX_BYTES``: a client that
+    far behind is closed with 1013 instead of buffered."""
 
     def __init__(self, ws: web.WebSocketResponse, user_id: str) -> None:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.user_id = user_id
-        self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.sent = 0
-        self._writer: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._pending: list[bytes] = []
+        self._flush_at: asyncio.Handle | None = None
         self._closer: asyncio.Task[bool] | None = None
 
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._drain(), name=f"ws-writer:{self.id}")
+    def start(self, transport: asyncio.Transport | None) -> None:
+        """Write to ``transport`` (the upgraded request's) from now on."""
+        self._transport = transport
 
     def push(self, frame: str) -> None:
-        """Queue a frame; a client this far behind is closed with 1013 instead of buffered."""
+        """Queue a text frame for this turn's write."""
+        self.push_wire(text_frame(frame))
+
+    def push_wire(self, wire: bytes) -> None:
+        """Queue an already built frame (:func:`text_frame`) for this turn's write."""
         if self._closer is not None:
             return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
+        self._pending.append(wire)
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        pending, self._pending = self._pending, []
+        transport = self._transport
+        if self._closer is not None or transport is None or transport.is_closing() or self.ws.closed:
+            return
+        size = sum(map(len, pending))
+        if transport.get_write_buffer_size() + size > OUTBOX_BYTES:
             SLOW_CLOSED.inc()
-            log.warning("ws_slow_consumer", conn=self.id, queued=self.outbox.qsize())
+            log.warning("ws_slow_consumer", conn=self.id, buffered=transport.get_write_buffer_size())
             self.close_soon(TRY_AGAIN_LATER, "cannot keep up")
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self.sent += len(pending)
+        FRAMES_SENT.inc(len(pending))
 
     def close_soon(self, code: int, message: str) -> None:
         if self._closer is None:
             self._closer = asyncio.create_task(self.ws.close(code=code, message=message.encode()))
 
-    async def _drain(self) -> None:
-        while True:
-            frame = await self.outbox.get()
-            try:
-                await self.ws.send_str(frame)
-            except (ConnectionError, RuntimeError):
-                return
-            self.sent += 1
-            FRAMES_SENT.inc()
-
     async def stop(self) -> None:
-        """Owner's teardown: let a close we started finish its handshake (bounded), then cancel the
-        writer. (Cancelling the close would drop the socket without its close code: 1006.)"""
-        if self._closer is not None and not self._closer.done():
+        """Owner's teardown: let a close we started finish its handshake (bounded). (Cancelling
+        the close would drop the socket without its close code: 1006.)"""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        closer = self._closer
+        if closer is None:
+            return
+        if not closer.done():
             try:
-                await asyncio.wait_for(asyncio.shield(self._closer), CLOSE_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(closer), CLOSE_TIMEOUT)
             except (asyncio.TimeoutError, ConnectionError, RuntimeError):
                 pass
-        for task in (self._writer, self._closer):
-            if task is not None and not task.done():
-                task.cancel()
-        for task in (self._writer, self._closer):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, ConnectionError, RuntimeError):
-                    pass
+        if not closer.done():
+            closer.cancel()
+        try:
+            await closer
+        except (asyncio.CancelledError, ConnectionError, RuntimeError):
+            pass
 
 
 class Hub:

@@ -44,7 +44,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except AuthUnavailable as exc:
         return _error_response(503, "unavailable", str(exc))
 
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=HEARTBEAT_SECONDS)
+    # No permessage-deflate: chat frames are small, a deflate context costs each socket ~300 KB,
+    # and an uncompressed frame is built once for all its recipients (hub.text_frame).
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=HEARTBEAT_SECONDS, compress=False)
     if not ws.can_prepare(request).ok:
         return _error_response(400, "not_websocket", "expected a WebSocket upgrade")
     conn = Connection(ws, identity.user_id)
@@ -60,7 +62,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return _error_response(429, "too_many_connections", f"at most {limit} open connections per user")
     await ws.prepare(request)
     session = Session(gw, conn, gw.hub.add(conn), identity)
-    conn.start()
+    conn.start(request.transport)
     session.start()
     opened = time.perf_counter()
     try:
