@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import random
@@ -35,7 +36,7 @@ from bench import cpu
 from devtools.stack import metric_sum, private_system, service_env, spawn_service, wait_ready
 from shared import stalls
 from shared.auth import mint
-from shared.service import install_uvloop
+from shared.service import install_uvloop, tune_gc
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent
@@ -77,7 +78,7 @@ class Stats:
     by_second: dict[int, float] = field(default_factory=dict)  # second of the step -> worst latency sent in it
     delivered: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    seen: set[tuple[int, str]] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)  # "<connection>:<messageId>" (strings: no GC tracking)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -95,7 +96,7 @@ async def reader(index: int, ws: aiohttp.ClientWebSocketResponse, stats: Stats) 
         frame = decoder.decode(msg.data)
         kind = frame.get("type")
         if kind == "new-message":
-            key = (index, frame["messageId"])
+            key = f"{index}:{frame['messageId']}"
             if key in stats.seen:
                 continue
             stats.seen.add(key)
@@ -323,6 +324,10 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             for rate in rates:
                 stats.errors.clear()
+                stats.sent_at.clear()  # a step's ids carry its number: the last step's are never looked up again
+                stats.seen.clear()
+                gc.collect()
+                gc.freeze()  # what the generator holds between steps is never scanned during one
                 cpu_before, hops_before = cpu.sample(groups), await hops(session, ports, gateway_ports)
                 generator_before = time.process_time()
                 generator_stalls.take()
@@ -407,6 +412,7 @@ def main() -> None:
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()
     install_uvloop()
+    tune_gc()  # the generator's own collector would add its pauses to the latencies it measures
     asyncio.run(main_async(args))
 
 
