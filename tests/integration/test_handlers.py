@@ -9,13 +9,14 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import aio_pika
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from notifier.app import Notifier
 from shared import envelope, topology
-from shared.amqp import Backoff, Retryable, Unavailable, isolate
+from shared.amqp import Backoff, Broker, Retryable, Unavailable, Unroutable, isolate
 from shared.db import Database
 from shared.envelope import Origin, ReadMessages, SendMessage
 from shared.registry import Registry
@@ -272,3 +273,32 @@ async def test_an_event_the_notifier_cannot_route_fails_alone(stack):
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+async def test_broker_publish_confirms_marks_and_reports_an_unroutable_message(stack):
+    """What every publisher relies on: a confirmed publish arrives with its delivery mode and
+    headers; a mandatory publish nobody can take (a gateway that is gone) is Unroutable, not
+    lost silently and not a broker failure; a broker that is not connected is Unavailable."""
+    vhost = f"broker-{uuid.uuid4().hex[:8]}"
+    stack.rabbitmq.add_vhost(vhost)
+    broker = Broker(stack.rabbitmq.url(vhost), name="test")
+    with pytest.raises(Unavailable):
+        await broker.publish(topology.DELIVERIES, "nobody", b"{}")
+    broker.start()
+    connection = await aio_pika.connect(stack.rabbitmq.url(vhost))
+    try:
+        await asyncio.wait_for(broker.connected.wait(), 30)
+        channel = await connection.channel()
+        queue = await topology.declare_gateway_queue(channel, "here")
+        await broker.publish(topology.DELIVERIES, "here", b'{"a":1}', mandatory=True, persistent=False)
+        await broker.publish(topology.DELIVERIES, "here", b'{"b":2}', headers={"x-why": "test"})
+        with pytest.raises(Unroutable):
+            await broker.publish(topology.DELIVERIES, "gone", b"{}", mandatory=True)
+        first = await queue.get(timeout=5)
+        second = await queue.get(timeout=5)
+        assert (first.body, first.delivery_mode, first.content_type) == (b'{"a":1}', 1, "application/json")
+        assert (second.body, second.delivery_mode, second.headers) == (b'{"b":2}', 2, {"x-why": "test"})
+        await broker.publish(topology.DELIVERIES, "here", b"{}")  # the channel survived the return
+    finally:
+        await connection.close()
+        await broker.close()
