@@ -37,6 +37,7 @@ from devtools.stack import metric_sum, private_system, service_env, spawn_servic
 from shared import stalls
 from shared.auth import mint
 from shared.service import install_uvloop, tune_gc
+from shared.settings import DEFAULT_PARTITIONS
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent
@@ -407,7 +408,9 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=1)
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
-    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--partitions", type=int, default=DEFAULT_PARTITIONS, help="CHAT_PARTITIONS (the services' default)"
+    )
     parser.add_argument("--keep-going", action="store_true", help="step mode: run every rate, even after one fails")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()

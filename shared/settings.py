@@ -25,7 +25,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_PORT": "port to listen on (defaults: gateway 8080, query 8081, writer 8082, notifier 8083)",
     "CHAT_OPS_PORT": "gateway and query: serve /healthz, /readyz and /metrics on this port only, off the public one (default 0: on CHAT_PORT)",
     "CHAT_INSTANCE_ID": "this instance's identity, [A-Za-z0-9._-]{1,64} (default: hostname + random suffix)",
-    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 8; the same on every service; the most writers or notifiers that can be busy at once)",
+    "CHAT_PARTITIONS": "number of ordered partitions for commands and events, 1..256 (default 4; the same on every service; the most writers or notifiers that can be busy at once)",
     "CHAT_JWT_SECRET": "HS256 secret, at least 32 characters (development and self-hosting)",
     "CHAT_JWT_JWKS_URL": "JWKS document URL for RS256/ES256 keys (e.g. Cognito's <issuer>/.well-known/jwks.json)",
     "CHAT_JWT_ISSUER": "expected iss claim (checked when set)",
@@ -46,7 +46,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
-DEFAULT_PARTITIONS = 8
+DEFAULT_PARTITIONS = 4
 DEFAULT_PORTS = {"gateway": 8080, "query": 8081, "writer": 8082, "notifier": 8083}
 SYMMETRIC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})

@@ -12,7 +12,7 @@ BASE = {
 
 def test_defaults_for_each_service():
     s = load("gateway", BASE, amqp=True, redis=True, jwt=True)
-    assert (s.port, s.partitions, s.log_level) == (8080, 8, "info")
+    assert (s.port, s.partitions, s.log_level) == (8080, 4, "info")
     assert s.jwt is not None and s.jwt.algorithms == ("HS256",) and s.jwt.user_claim == "cognito:username"
     assert load("query", BASE, database=True).port == 8081
     assert load("writer", BASE, database=True).port == 8082
