@@ -13,7 +13,8 @@ from .tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
-# Errors after which retrying the same unit of work later may succeed.
+# Errors after which retrying the same unit of work later may succeed. (A unique violation is not
+# one in general: the writer retries it on purpose, writer/app.py RETRY, and anywhere else it is a bug.)
 TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
@@ -26,7 +27,6 @@ TRANSIENT = (
     asyncpg.QueryCanceledError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
-    asyncpg.UniqueViolationError,
     # a prepared statement whose table a migration changed: asyncpg re-prepares it on the next
     # try (inside a transaction it cannot do so itself, and the batch must not be dead-lettered)
     asyncpg.InvalidCachedStatementError,
