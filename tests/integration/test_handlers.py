@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 import aio_pika
@@ -24,6 +23,7 @@ from writer.app import Writer
 from writer.store import LOCKED
 
 from ..conftest import new_database
+from ..factories import message_stored
 from ..protocol import problems
 
 ORIGIN = Origin("gw-test", "conn-1")
@@ -176,16 +176,7 @@ async def test_notifier_routes_to_the_gateways_holding_the_recipients(stack):
         await client.set("chat:registry:since", 0)  # an old registry: lookups are trusted
         fake = FakePublisher()
         cid = uuid.uuid4()
-        stored = envelope.MessageStored(
-            message_id=uuid.uuid4(),
-            conversation_id=cid,
-            seq=1,
-            sender_id="alice",
-            temp_message_id="t",
-            content="hi",
-            sent_at=datetime.now(timezone.utc),
-            participants=["alice", "bob"],
-        )
+        stored = message_stored(conversation_id=cid)
         await Notifier(registry, fake).handle([stored])
         by_gateway = {key: envelope.decode(envelope.Deliveries, body).items for _, key, body in fake.published}
         assert set(by_gateway) == {"gw-a", "gw-b"}
@@ -244,16 +235,7 @@ async def test_an_event_the_notifier_cannot_route_fails_alone(stack):
         cid = uuid.uuid4()
 
         def stored(seq: int, members: list[str]) -> envelope.MessageStored:
-            return envelope.MessageStored(
-                message_id=uuid.uuid4(),
-                conversation_id=cid,
-                seq=seq,
-                sender_id=members[0],
-                temp_message_id=f"t{seq}",
-                content="hi",
-                sent_at=datetime.now(timezone.utc),
-                participants=members,
-            )
+            return message_stored(conversation_id=cid, seq=seq, sender_id=members[0], participants=members)
 
         events = [stored(1, ["alice", "bob"]), stored(2, ["mallory", "bob"]), stored(3, ["alice", "bob"])]
         dead: list[str] = []

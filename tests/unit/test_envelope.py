@@ -12,7 +12,6 @@ from shared.envelope import (
     Delivery,
     EnvelopeError,
     Events,
-    MessageStored,
     Origin,
     ReadMessages,
     ReadUpdated,
@@ -20,6 +19,8 @@ from shared.envelope import (
     StartTyping,
     TypingStarted,
 )
+
+from ..factories import message_stored
 
 CID = uuid.uuid4()
 ORIGIN = Origin("gw-1", "c1")
@@ -40,16 +41,7 @@ def test_events_round_trip():
     at = datetime(2021, 12, 18, 7, 11, 47, 123000, tzinfo=timezone.utc)
     batch = Events(
         items=[
-            MessageStored(
-                message_id=uuid.uuid4(),
-                conversation_id=CID,
-                seq=3,
-                sender_id="alice",
-                temp_message_id="t",
-                content="hi",
-                sent_at=at,
-                participants=["alice", "bob"],
-            ),
+            message_stored(conversation_id=CID, seq=3, sent_at=at),
             ReadUpdated(conversation_id=CID, user_id="bob", last_read_seq=3, participants=["alice", "bob"]),
             TypingStarted(conversation_id=CID, user_id="bob", participants=["alice", "bob"]),
             ConversationCreated(conversation_id=CID, title=None, is_group=False, participants=["alice", "bob"]),

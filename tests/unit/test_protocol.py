@@ -13,6 +13,7 @@ from notifier.routing import plan
 from shared import envelope, frames
 from shared.envelope import Origin
 
+from ..factories import message_stored
 from ..protocol import document, problems
 
 CID = uuid.uuid4()
@@ -81,17 +82,7 @@ def test_broker_bodies_match_the_document():
             envelope.StartTyping(user_id="bob", conversation_id=CID, origin=origin),
         ]
     )
-    stored = envelope.MessageStored(
-        message_id=uuid.uuid4(),
-        conversation_id=CID,
-        seq=1,
-        sender_id="alice",
-        temp_message_id="t",
-        content="hi",
-        sent_at=AT,
-        participants=["alice", "bob"],
-        accepted_at=1.5,
-    )
+    stored = message_stored(conversation_id=CID, sent_at=AT, accepted_at=1.5)
     events = envelope.Events(
         items=[
             stored,

@@ -6,28 +6,20 @@ from notifier.routing import BROADCAST, plan, users_of
 from shared.envelope import (
     CommandRejected,
     ConversationCreated,
-    MessageStored,
     Origin,
     ReadUpdated,
     TypingStarted,
 )
 from shared.registry import REFRESH_SECONDS, registry_trusted
 
+from ..factories import message_stored
+
 CID = uuid.uuid4()
 AT = datetime(2022, 1, 1, tzinfo=timezone.utc)
 
 
 def stored(seq=1, participants=("alice", "bob", "carol")):
-    return MessageStored(
-        message_id=uuid.uuid4(),
-        conversation_id=CID,
-        seq=seq,
-        sender_id="alice",
-        temp_message_id=f"t{seq}",
-        content="hi",
-        sent_at=AT,
-        participants=list(participants),
-    )
+    return message_stored(conversation_id=CID, seq=seq, sent_at=AT, participants=list(participants))
 
 
 def decode(deliveries):
