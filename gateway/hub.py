@@ -85,10 +85,10 @@ class Connection:
         transport = self._transport
         if self._closer is not None or transport is None or transport.is_closing() or self.ws.closed:
             return
-        size = sum(map(len, pending))
-        if transport.get_write_buffer_size() + size > OUTBOX_BYTES:
+        waiting = transport.get_write_buffer_size()
+        if waiting > OUTBOX_BYTES:  # what is still waiting, not this batch: a burst to a reader that keeps up is fine
             SLOW_CLOSED.inc()
-            log.warning("ws_slow_consumer", conn=self.id, buffered=transport.get_write_buffer_size())
+            log.warning("ws_slow_consumer", conn=self.id, buffered=waiting)
             self.close_soon(TRY_AGAIN_LATER, "cannot keep up")
             return
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))

@@ -84,7 +84,7 @@ async def test_frames_pushed_in_one_turn_leave_in_one_write_in_order():
 
 
 async def test_a_socket_too_far_behind_is_closed_with_1013_and_written_no_more():
-    transport = Transport(buffered=OUTBOX_BYTES - 10)
+    transport = Transport(buffered=OUTBOX_BYTES + 1)
     conn, ws = connection(transport)
     conn.push("x" * 100)
     await asyncio.sleep(0)
@@ -95,8 +95,19 @@ async def test_a_socket_too_far_behind_is_closed_with_1013_and_written_no_more()
     assert transport.writes == []
 
 
+async def test_a_burst_bigger_than_the_bound_reaches_a_reader_that_keeps_up():
+    transport = Transport(buffered=OUTBOX_BYTES // 2)
+    conn, ws = connection(transport)
+    big = "x" * 4096
+    for _ in range(OUTBOX_BYTES // 4096 + 10):
+        conn.push(big)
+    await asyncio.sleep(0)
+    assert ws.close_codes == [] and len(transport.writes) == 1
+    assert len(transport.writes[0]) > OUTBOX_BYTES
+
+
 async def test_a_neighbour_of_a_slow_socket_is_written_as_usual():
-    slow, fine = Transport(buffered=OUTBOX_BYTES), Transport()
+    slow, fine = Transport(buffered=OUTBOX_BYTES + 1), Transport()
     (slow_conn, slow_ws), (fine_conn, fine_ws) = connection(slow), connection(fine)
     wire = text_frame('{"type":"new-message"}')
     for conn in (slow_conn, fine_conn):
