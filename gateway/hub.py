@@ -17,9 +17,8 @@ from shared.settings import Limits
 from .limits import UserLimits
 
 log = get_logger(__name__)
-OUTBOX_BYTES = (
-    1 << 20
-)  # bytes waiting toward one socket (beyond what the kernel took) before it counts as unable to keep up
+# Bytes still waiting toward one socket (beyond what the kernel took) before it counts as unable to keep up.
+OUTBOX_BYTES = 1 << 20
 TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT = 5.0
 
@@ -86,7 +85,8 @@ class Connection:
         if self._closer is not None or transport is None or transport.is_closing() or self.ws.closed:
             return
         waiting = transport.get_write_buffer_size()
-        if waiting > OUTBOX_BYTES:  # what is still waiting, not this batch: a burst to a reader that keeps up is fine
+        # What is still waiting counts, not this batch: a burst to a reader that keeps up is written whole.
+        if waiting > OUTBOX_BYTES:
             SLOW_CLOSED.inc()
             log.warning("ws_slow_consumer", conn=self.id, buffered=waiting)
             self.close_soon(TRY_AGAIN_LATER, "cannot keep up")
