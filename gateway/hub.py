@@ -17,7 +17,10 @@ from shared.settings import Limits
 from .limits import UserLimits
 
 log = get_logger(__name__)
-# Bytes still waiting toward one socket (beyond what the kernel took) before it counts as unable to keep up.
+# Bytes in the transport's buffer (beyond what the kernel took) above which a socket's reader counts as behind.
+BACKLOG_BYTES = 64 * 1024
+RETRY_SECONDS = 0.05
+# Bytes waiting here for a reader that is behind before it counts as unable to keep up.
 OUTBOX_BYTES = 1 << 20
 TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT = 5.0
@@ -48,9 +51,11 @@ def text_frame(payload: str) -> bytes:
 
 class Connection:
     """One socket. Frames pushed during one turn of the event loop (a delivery batch) are written
-    together, in one ``write``, right after it; nothing waits for the socket. What the kernel
-    does not take stays in the transport's buffer, bounded by ``OUTBOX_BYTES``: a client that
-    far behind is closed with 1013 instead of buffered."""
+    together, in one ``write``, right after it; nothing waits for the socket. While the kernel
+    and the transport hold more than ``BACKLOG_BYTES`` for a reader that is behind, frames wait
+    here instead (checked again every ``RETRY_SECONDS``); more than ``OUTBOX_BYTES`` waiting here
+    closes the socket with 1013. So the close frame queues behind little, and reaches a reader
+    that catches up, and a socket holds at most ``BACKLOG_BYTES + OUTBOX_BYTES`` plus a batch."""
 
     def __init__(self, ws: web.WebSocketResponse, user_id: str) -> None:
         self.id = uuid.uuid4().hex
@@ -59,7 +64,8 @@ class Connection:
         self.sent = 0
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
-        self._flush_at: asyncio.Handle | None = None
+        self._pending_bytes = 0
+        self._flush_at: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[bool] | None = None
 
     def start(self, transport: asyncio.Transport | None) -> None:
@@ -75,22 +81,26 @@ class Connection:
         if self._closer is not None:
             return
         self._pending.append(wire)
+        self._pending_bytes += len(wire)
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_at = None
-        pending, self._pending = self._pending, []
         transport = self._transport
         if self._closer is not None or transport is None or transport.is_closing() or self.ws.closed:
+            self._pending, self._pending_bytes = [], 0
             return
-        waiting = transport.get_write_buffer_size()
-        # What is still waiting counts, not this batch: a burst to a reader that keeps up is written whole.
-        if waiting > OUTBOX_BYTES:
-            SLOW_CLOSED.inc()
-            log.warning("ws_slow_consumer", conn=self.id, buffered=waiting)
-            self.close_soon(TRY_AGAIN_LATER, "cannot keep up")
+        if transport.get_write_buffer_size() > BACKLOG_BYTES:  # the reader is behind: hold the frames
+            if self._pending_bytes > OUTBOX_BYTES:
+                SLOW_CLOSED.inc()
+                log.warning("ws_slow_consumer", conn=self.id, waiting=self._pending_bytes)
+                self._pending, self._pending_bytes = [], 0
+                self.close_soon(TRY_AGAIN_LATER, "cannot keep up")
+            else:
+                self._flush_at = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
             return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         self.sent += len(pending)
         FRAMES_SENT.inc(len(pending))

@@ -11,7 +11,7 @@ from aiohttp._websocket.writer import WebSocketWriter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.hub import OUTBOX_BYTES, TRY_AGAIN_LATER, Connection, text_frame
+from gateway.hub import BACKLOG_BYTES, OUTBOX_BYTES, RETRY_SECONDS, TRY_AGAIN_LATER, Connection, text_frame
 
 
 class Transport:
@@ -83,10 +83,15 @@ async def test_frames_pushed_in_one_turn_leave_in_one_write_in_order():
     assert transport.writes[1:] == [text_frame("later")]
 
 
+BIG = "x" * 4096
+OVER_THE_BOUND = OUTBOX_BYTES // 4096 + 10  # frames of BIG that add up to more than OUTBOX_BYTES
+
+
 async def test_a_socket_too_far_behind_is_closed_with_1013_and_written_no_more():
-    transport = Transport(buffered=OUTBOX_BYTES + 1)
+    transport = Transport(buffered=BACKLOG_BYTES + 1)  # its reader is behind
     conn, ws = connection(transport)
-    conn.push("x" * 100)
+    for _ in range(OVER_THE_BOUND):
+        conn.push(BIG)
     await asyncio.sleep(0)
     await conn.stop()
     assert transport.writes == [] and ws.close_codes == [TRY_AGAIN_LATER]
@@ -95,24 +100,37 @@ async def test_a_socket_too_far_behind_is_closed_with_1013_and_written_no_more()
     assert transport.writes == []
 
 
-async def test_a_burst_bigger_than_the_bound_reaches_a_reader_that_keeps_up():
-    transport = Transport(buffered=OUTBOX_BYTES // 2)
+async def test_a_reader_that_falls_behind_and_catches_up_gets_every_frame_in_order():
+    transport = Transport(buffered=BACKLOG_BYTES + 1)
     conn, ws = connection(transport)
-    big = "x" * 4096
-    for _ in range(OUTBOX_BYTES // 4096 + 10):
-        conn.push(big)
+    for i in range(3):
+        conn.push(f'{{"n":{i}}}')
+    await asyncio.sleep(0)
+    assert transport.writes == []  # held while the reader is behind
+    transport.buffered = 0  # it read what was waiting
+    await asyncio.sleep(RETRY_SECONDS * 3)
+    assert transport.writes == [b"".join(text_frame(f'{{"n":{i}}}') for i in range(3))]
+    assert ws.close_codes == []
+
+
+async def test_a_burst_bigger_than_the_bound_reaches_a_reader_that_keeps_up():
+    transport = Transport()
+    conn, ws = connection(transport)
+    for _ in range(OVER_THE_BOUND):
+        conn.push(BIG)
     await asyncio.sleep(0)
     assert ws.close_codes == [] and len(transport.writes) == 1
     assert len(transport.writes[0]) > OUTBOX_BYTES
 
 
 async def test_a_neighbour_of_a_slow_socket_is_written_as_usual():
-    slow, fine = Transport(buffered=OUTBOX_BYTES + 1), Transport()
+    slow, fine = Transport(buffered=BACKLOG_BYTES + 1), Transport()
     (slow_conn, slow_ws), (fine_conn, fine_ws) = connection(slow), connection(fine)
-    wire = text_frame('{"type":"new-message"}')
-    for conn in (slow_conn, fine_conn):
-        conn.push_wire(wire)
+    wire = text_frame(BIG)
+    for _ in range(OVER_THE_BOUND):
+        for conn in (slow_conn, fine_conn):
+            conn.push_wire(wire)
     await asyncio.sleep(0)
     await slow_conn.stop()
     assert slow_ws.close_codes == [TRY_AGAIN_LATER] and slow.writes == []
-    assert fine_ws.close_codes == [] and fine.writes == [wire]
+    assert fine_ws.close_codes == [] and fine.writes == [wire * OVER_THE_BOUND]
