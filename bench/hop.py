@@ -78,24 +78,24 @@ async def main_async(tries: int) -> None:
         redis = aioredis.Redis.from_url(stack.redis.url())
         amqp = await aio_pika.connect(stack.rabbitmq.url())
         quorum = {"x-queue-type": "quorum", "x-single-active-consumer": True, "x-delivery-limit": 20}
-        hops: list[tuple[str, Probe, int]] = [
-            ("quorum queue, persistent (commands)", await queue_hop(amqp, quorum, True), 1),
-            ("Postgres read (a prepared SELECT)", lambda: select.fetchval(), 1),
-            ("Postgres write, committed (fsync)", lambda: insert.fetch("x" * 100), 1),
-            ("quorum queue, persistent (events)", await queue_hop(amqp, quorum, True), 1),
-            ("Redis round trip", lambda: redis.ping(), 1),
-            ("classic queue, transient (deliveries)", await queue_hop(amqp, {}, False), 1),
+        hops: list[tuple[str, Probe]] = [
+            ("quorum queue, persistent (commands)", await queue_hop(amqp, quorum, True)),
+            ("Postgres read (a prepared SELECT)", lambda: select.fetchval()),
+            ("Postgres write, committed (fsync)", lambda: insert.fetch("x" * 100)),
+            ("quorum queue, persistent (events)", await queue_hop(amqp, quorum, True)),
+            ("Redis round trip", lambda: redis.ping()),
+            ("classic queue, transient (deliveries)", await queue_hop(amqp, {}, False)),
         ]
         print(
             f"# {tries} tries each, median ms; {platform.node()} {platform.machine()}, Python {platform.python_version()}"
         )
         print(f"{'hop':<42} {'busy':>7} {'idle':>7}")
         totals = [0.0, 0.0]
-        for name, probe, count in hops:
+        for name, probe in hops:
             busy = await timed(probe, tries, 0)
             idle = await timed(probe, tries, 0.01)
-            totals[0] += busy * count
-            totals[1] += idle * count
+            totals[0] += busy
+            totals[1] += idle
             print(f"{name:<42} {busy:>7.2f} {idle:>7.2f}", flush=True)
         print(f"{'sum: the floor of one message':<42} {totals[0]:>7.2f} {totals[1]:>7.2f}")
         await amqp.close()

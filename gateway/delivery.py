@@ -44,8 +44,9 @@ class Deliverer:
         now = time.time()
         for item in items:
             sockets = 0
-            wire = text_frame(item.frame)
+            wire = b""  # built at the first local socket: a broadcast reaches gateways that have none
             for conn in self.hub.targets(item.users, item.conn):
+                wire = wire or text_frame(item.frame)
                 conn.push_wire(wire)
                 sockets += 1
                 if item.accepted_at is not None:
