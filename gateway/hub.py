@@ -100,13 +100,22 @@ class Connection:
             else:
                 self._flush_at = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
             return
+        self._write(transport)
+
+    def _write(self, transport: asyncio.Transport) -> None:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        self.sent += len(pending)
-        FRAMES_SENT.inc(len(pending))
+        if pending:
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self.sent += len(pending)
+            FRAMES_SENT.inc(len(pending))
 
     def close_soon(self, code: int, message: str) -> None:
+        """Close with ``code``; frames already pushed (e.g. the error that explains a 1008) go
+        first, except to a socket closed for not keeping up (1013), which cannot take them."""
         if self._closer is None:
+            transport = self._transport
+            if code != TRY_AGAIN_LATER and transport is not None and not transport.is_closing() and not self.ws.closed:
+                self._write(transport)
             self._closer = asyncio.create_task(self.ws.close(code=code, message=message.encode()))
 
     async def stop(self) -> None:
