@@ -31,6 +31,8 @@ TYPING_INTERVAL = 1.0  # one typing frame per conversation per second reaches th
 TYPING_REMEMBERED = 64  # conversations whose last typing time a session keeps
 
 FRAMES_IN = prometheus_client.Counter("chat_gateway_frames_received_total", "Client frames", ["action"])
+# Each action's child, bound once: ``labels()`` costs a lock and a lookup per frame.
+FRAMES_IN_BY = {action: FRAMES_IN.labels(action) for action in frames.ACTIONS}
 FRAME_ERRORS = prometheus_client.Counter("chat_gateway_frame_errors_total", "Client frames refused", ["code"])
 CLOSED_ABUSIVE = prometheus_client.Counter(
     "chat_gateway_abusive_closed_total", "Connections closed with 1008 for going on past their limits"
@@ -98,9 +100,9 @@ class Session:
             self._refuse(exc.code, exc.message, action=exc.action, temp_message_id=exc.temp_message_id)
             return
         if isinstance(frame, frames.HeartbeatFrame):
-            FRAMES_IN.labels("heartbeat").inc()
+            FRAMES_IN_BY["heartbeat"].inc()
         elif isinstance(frame, frames.AuthenticateFrame):
-            FRAMES_IN.labels("authenticate").inc()
+            FRAMES_IN_BY["authenticate"].inc()
             self._authenticate(frame.token)
         elif isinstance(frame, frames.SendFrame):
             self._command(
@@ -128,7 +130,7 @@ class Session:
         self._refuse("invalid_frame", "frames must be JSON text")
 
     def _command(self, action: str, command: Command, temp_message_id: str | None = None) -> None:
-        FRAMES_IN.labels(action).inc()
+        FRAMES_IN_BY[action].inc()
         if not self.limits.allow(action):
             self._refuse("rate_limited", "too many frames, slow down", action=action, temp_message_id=temp_message_id)
             return
@@ -145,7 +147,7 @@ class Session:
             unavailable("publisher full")
 
     def _typing(self, conversation_id: uuid.UUID) -> None:
-        FRAMES_IN.labels("typing").inc()
+        FRAMES_IN_BY["typing"].inc()
         now = time.monotonic()
         if now - self.typing_at.get(conversation_id, 0.0) < TYPING_INTERVAL:
             return  # ephemeral: extra typing frames are simply dropped
