@@ -27,6 +27,8 @@ class Refused(ValueError):
 
 def storable(text: str) -> bool:
     """True unless ``text`` holds U+0000 or an unpaired surrogate."""
+    if text.isascii():  # no surrogates: one scan in C instead of the regex
+        return "\x00" not in text
     return _UNSTORABLE.search(text) is None
 
 
@@ -48,8 +50,29 @@ def decode(raw: str | bytes) -> Any:
         raise Refused("not valid JSON") from None
 
 
+def _clean(value: Any, depth: int = 1) -> bool:
+    """True when :func:`problem` would find nothing; False when it may. The common case, every
+    frame a client sends, without building a name for every key on the way."""
+    if depth > MAX_DEPTH:
+        return False
+    kind = type(value)
+    if kind is str:
+        return storable(value)
+    if kind is dict:
+        return all(type(k) is str and storable(k) and _clean(v, depth + 1) for k, v in value.items())
+    if kind is list:
+        return all(_clean(v, depth + 1) for v in value)
+    if kind is int:
+        return bool(INT64_MIN <= value <= INT64_MAX)
+    return kind is bool or kind is float or value is None
+
+
 def problem(value: Any) -> str | None:
     """What in ``value`` cannot be taken as sent, naming where; None when all is well."""
+    return None if _clean(value) else _named_problem(value)
+
+
+def _named_problem(value: Any) -> str | None:
     stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     while stack:
         item, where, depth = stack.pop()

@@ -169,6 +169,35 @@ def test_any_json_parses_or_is_our_error(value):
     parsed_or_ours(json.dumps(value))
 
 
+hostile_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(alphabet=st.sampled_from("a\u00e9\u0000\ud800\udc00\U0001f600"), max_size=6)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(hostile_values)
+def test_the_quick_check_agrees_with_the_one_that_names_the_place(value):
+    """Every frame is first checked without naming places; only a value that check doubts is
+    walked again to say where. The two must agree on every value a decoder can produce."""
+    assert untrusted._clean(value) == (untrusted._named_problem(value) is None)
+
+
+def test_a_value_33_levels_down_is_refused_and_32_is_fine():
+    value: object = "fine"
+    for _ in range(32):
+        value = [value]
+    found = untrusted.problem(value)
+    assert found is not None and found.endswith("[0] is nested deeper than 32 levels")
+    assert untrusted.problem(value[0]) is None  # type: ignore[index]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300) | st.binary(max_size=300))
 def test_any_string_or_bytes_parse_or_are_our_error(raw):
