@@ -55,5 +55,19 @@ def sample(groups: Mapping[str, Iterable[int]]) -> dict[str, float]:
     return out
 
 
+def machine() -> list[int]:
+    """The machine's CPU counters so far (/proc/stat's first line, in ticks): user, nice,
+    system, idle, iowait, irq, softirq, steal."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """% of the machine's time between two :func:`machine` samples: busy (neither idle nor
+    waiting for the disk), iowait (idle with a disk request pending) and steal (taken by the host)."""
+    d = [a - b for a, b in zip(after, before)]
+    total = sum(d) or 1
+    return {"busy": 100 * (total - d[3] - d[4]) / total, "iowait": 100 * d[4] / total, "steal": 100 * d[7] / total}
+
+
 def postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().split()[0])

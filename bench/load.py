@@ -80,6 +80,31 @@ class GeneratorStalls:
         return out
 
 
+class MachineWatch:
+    """The machine's busy, iowait and steal shares through a step, sampled every half second, so
+    a slow second can be told apart: a saturated machine, a disk that stalls fsyncs, the host."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, list[int]]] = []
+
+    async def watch(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter(), cpu.machine()))
+            if len(self.samples) > 2400:  # 20 minutes: a step's window is far shorter
+                del self.samples[:1200]
+            await asyncio.sleep(0.5)
+
+    def during(self, start: float, end: float) -> str:
+        """The shares over [start, end] (perf_counter seconds), widened to the samples around it."""
+        now = time.perf_counter()
+        before = [s for s in self.samples if s[0] <= start]
+        after = [s for s in self.samples if s[0] >= min(end, now)] or [(now, cpu.machine())]
+        if not before:
+            return "machine not sampled"
+        shares = cpu.shares(before[-1][1], after[0][1])
+        return ", ".join(f"{name} {value:.0f} %" for name, value in shares.items())
+
+
 @dataclass
 class Stats:
     sent_at: dict[str, int] = field(default_factory=dict)  # tempMessageId -> ns
@@ -186,6 +211,7 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
         "slow_seconds": {k: round(v) for k, v in sorted(stats.by_second.items()) if v > 300},
         "worst_at_s": round(stats.worst[1], 2),
         "seconds": send_seconds,
+        "started": started,
         "errors": dict(stats.errors),
     }
 
@@ -325,6 +351,8 @@ async def main_async(args: argparse.Namespace) -> None:
             groups = cpu_groups(stack, procs)
             generator_stalls = GeneratorStalls()
             stall_watch = asyncio.create_task(generator_stalls.watch())
+            machine = MachineWatch()
+            machine_watch = asyncio.create_task(machine.watch())
             before = cpu.sample(groups)
             await asyncio.sleep(10)
             idle = {name: seconds - before[name] for name, seconds in cpu.sample(groups).items()}
@@ -354,6 +382,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     + (
                         f" worst sent {result['worst_at_s']} s after the step began at {result['began']};"
                         f" seconds with a message over 300 ms: {result['slow_seconds']}"
+                        + "; the machine in each (that second and the next): "
+                        + "; ".join(
+                            f"{second}: " + machine.during(result["started"] + second, result["started"] + second + 2)
+                            for second in result["slow_seconds"]
+                        )
                         if result["max_ms"] > 300
                         else ""
                     ),
@@ -369,7 +402,8 @@ async def main_async(args: argparse.Namespace) -> None:
                         f"{name} {100 * used[name] / wall:.0f}" for name in sorted(used, key=used.get, reverse=True)
                     )
                     + f"; server total {100 * server / wall:.0f}, generator {100 * generator / wall:.0f}"
-                    + f"; server CPU per message {1000 * server / max(result['sent'], 1):.2f} ms",
+                    + f"; server CPU per message {1000 * server / max(result['sent'], 1):.2f} ms"
+                    + f"; machine: {machine.during(result['started'], result['started'] + wall)}",
                     flush=True,
                 )
                 print(
@@ -401,6 +435,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for task in readers:
                 task.cancel()
             stall_watch.cancel()
+            machine_watch.cancel()
         if args.keep_logs:
             keep = Path(args.keep_logs)
             keep.mkdir(parents=True, exist_ok=True)
