@@ -127,6 +127,7 @@ class Postgres:
                 stdout=subprocess.DEVNULL,
             )
         options = f"-p {self.port} -k {self.state} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        options += " -c autovacuum_naptime=5s"  # rewritten rows are vacuumed often (migration 0005)
         if not self.fsync:
             options += " -c fsync=off -c full_page_writes=off"
         pid_file = self.data / "postmaster.pid"

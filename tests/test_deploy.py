@@ -28,7 +28,11 @@ CRDS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): lambda o: o["spec"]["replicas"] >= 3,
     ("rabbitmq.com/v1beta1", "User"): lambda o: o["spec"]["importCredentialsSecret"]["name"],
     ("rabbitmq.com/v1beta1", "Permission"): lambda o: o["spec"]["userReference"]["name"] and o["spec"]["permissions"],
-    ("postgresql.cnpg.io/v1", "Cluster"): lambda o: o["spec"]["instances"] >= 3 and o["spec"]["storage"]["size"],
+    ("postgresql.cnpg.io/v1", "Cluster"): lambda o: (
+        o["spec"]["instances"] >= 3
+        and o["spec"]["storage"]["size"]
+        and o["spec"]["postgresql"]["parameters"]["autovacuum_naptime"] == "5s"  # migration 0005
+    ),
     ("databases.spotahome.com/v1", "RedisFailover"): lambda o: o["spec"]["sentinel"]["replicas"] >= 3,
 }
 
@@ -85,8 +89,11 @@ def test_compose_file_follows_the_compose_spec_and_names_real_commands():
     services = compose["services"]
     for name in ("postgres", "rabbitmq", "redis"):
         assert services[name]["healthcheck"]["test"]
-    commands = {s["command"][0] for s in services.values() if "command" in s}
+    servers = ("postgres", "rabbitmq", "redis")
+    commands = {s["command"][0] for name, s in services.items() if "command" in s and name not in servers}
     assert commands == SERVICES
+    # rows every message rewrites are vacuumed every few seconds, not once a minute (migration 0005)
+    assert "autovacuum_naptime=5s" in services["postgres"]["command"]
     for name in ("gateway", "query", "writer", "notifier"):
         conditions = services[name]["depends_on"]
         assert conditions["migrate"]["condition"] == "service_completed_successfully"
