@@ -38,7 +38,7 @@ def decode(raw: str | bytes) -> Any:
         return _decoder.decode(raw)
     except RecursionError:
         raise Refused(f"JSON is nested deeper than {MAX_DEPTH} levels") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: bytes that are not UTF-8
         pass
     # msgspec refuses unpaired surrogate escapes outright; the standard library reads them, so
     # the caller can name the field that holds one.

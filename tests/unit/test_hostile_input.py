@@ -256,6 +256,14 @@ def test_any_path_parameter_gives_a_value_or_a_400(raw):
             pass
 
 
+@pytest.mark.parametrize("raw", [b'"\x80"', b'{"title": "\xff\xfe"}', b"\xc3"])
+def test_a_body_that_is_not_utf8_is_refused_as_invalid_json(raw):
+    """Found by the property below in a CI run: msgspec raised UnicodeDecodeError, not its own
+    DecodeError, so a REST body of invalid UTF-8 escaped as a 500 instead of a 400."""
+    with pytest.raises(untrusted.Refused, match="not valid JSON"):
+        untrusted.load(raw)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200) | st.binary(max_size=200))
 def test_any_request_body_loads_or_is_refused(raw):
