@@ -61,7 +61,7 @@ def machine() -> list[int]:
     return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
 
 
-def shares(before: list[int], after: list[int]) -> dict[str, float]:
+def machine_shares(before: list[int], after: list[int]) -> dict[str, float]:
     """% of the machine's time between two :func:`machine` samples: busy (neither idle nor
     waiting for the disk), iowait (idle with a disk request pending) and steal (taken by the host)."""
     d = [a - b for a, b in zip(after, before)]

@@ -101,8 +101,8 @@ class MachineWatch:
         after = [s for s in self.samples if s[0] >= min(end, now)] or [(now, cpu.machine())]
         if not before:
             return "machine not sampled"
-        shares = cpu.shares(before[-1][1], after[0][1])
-        return ", ".join(f"{name} {value:.0f} %" for name, value in shares.items())
+        split = cpu.machine_shares(before[-1][1], after[0][1])
+        return ", ".join(f"{name} {value:.0f} %" for name, value in split.items())
 
 
 @dataclass
