@@ -116,6 +116,7 @@ class Stats:
     delivered: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     seen: dict[int, set[str]] = field(default_factory=dict)  # connection -> messageIds it received
+    typing: int = 0  # typing frames received
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -146,15 +147,23 @@ async def reader(index: int, ws: aiohttp.ClientWebSocketResponse, stats: Stats) 
                 if latency > stats.worst[0]:
                     stats.worst = (latency, (started - stats.step_started_ns) / 1e9)
             stats.delivered += 1
+        elif kind == "typing":
+            stats.typing += 1
         elif kind == "error":
             stats.errors[frame.code] = stats.errors.get(frame.code, 0) + 1
 
 
-async def run_step(conns, conversations, size: int, rate: float, seconds: float, stats: Stats) -> dict:
+async def run_step(
+    conns, conversations, size: int, rate: float, seconds: float, stats: Stats, typing: bool = False
+) -> dict:
     users = len(conns)
     per_user_interval = users / rate
     sent = 0
     start_delivered = stats.delivered
+    start_typing = stats.typing
+    typing_frames = {
+        cid: msgspec.json.encode({"action": "typing", "conversationId": cid}).decode() for cid in conversations
+    }
     stats.latencies.clear()
     stats.worst = (0.0, 0.0)
     stats.by_second.clear()
@@ -175,6 +184,12 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
             if next_at >= deadline:
                 await asyncio.sleep(max(0.0, deadline - now))
                 return
+            if typing:  # as a client does: "typing" while the message is written, half an interval before it
+                typing_at = next_at - min(per_user_interval / 2, 1.0)
+                if typing_at > now:
+                    await asyncio.sleep(typing_at - now)
+                await ws.send_str(typing_frames[cid])
+                now = time.perf_counter()
             if next_at > now:
                 await asyncio.sleep(next_at - now)
             temp_id = f"{i}-{stats.step}-{n}"
@@ -213,6 +228,7 @@ async def run_step(conns, conversations, size: int, rate: float, seconds: float,
         "seconds": send_seconds,
         "started": started,
         "errors": dict(stats.errors),
+        "typing_per_s": round((stats.typing - start_typing) / send_seconds, 1),
     }
 
 
@@ -371,7 +387,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 cpu_before, hops_before = cpu.sample(groups), await hops(session, ports, gateway_ports)
                 generator_before = time.process_time()
                 generator_stalls.take()
-                result = await run_step(conns, conversations, args.size, rate, args.seconds, stats)
+                result = await run_step(conns, conversations, args.size, rate, args.seconds, stats, args.typing)
                 cpu_after, hops_after = cpu.sample(groups), await hops(session, ports, gateway_ports)
                 generator = time.process_time() - generator_before
                 lag, gc_pause = generator_stalls.take()
@@ -379,6 +395,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"{result['rate']:>5.0f} {result['send_rate']:>7} {result['delivered_per_s']:>12} "
                     f"{result['p50_ms']:>7} {result['p99_ms']:>7} {result['max_ms']:>7} {result['lost']:>5}  "
                     f"{result['errors'] or ''}"
+                    + (f" typing frames received/s {result['typing_per_s']}" if args.typing else "")
                     + (
                         f" worst sent {result['worst_at_s']} s after the step began at {result['began']};"
                         f" seconds with a message over 300 ms: {result['slow_seconds']}"
@@ -456,6 +473,13 @@ def main() -> None:
     parser.add_argument("--notifiers", type=int, default=1)
     parser.add_argument(
         "--partitions", type=int, default=DEFAULT_PARTITIONS, help="CHAT_PARTITIONS (the services' default)"
+    )
+    parser.add_argument(
+        "--typing",
+        action="store_true",
+        help='each send is preceded by a "typing" frame for its conversation, half the interval between a '
+        "user's sends before it (at most 1 s), as a client sends them; the gateway passes one per "
+        "conversation per second per socket",
     )
     parser.add_argument("--keep-going", action="store_true", help="step mode: run every rate, even after one fails")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
