@@ -58,6 +58,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         await topology.declare_commands(channel, settings.partitions)
+        await topology.declare_typing(channel, topology.TYPING)
         queue = await topology.declare_gateway_queue(channel, settings.instance_id)
         await broker.consume(channel, queue, deliverer)
 

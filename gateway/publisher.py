@@ -7,6 +7,10 @@ new commands pile up for the next flush: batches grow with load on their own, an
 gateway adds no delay. One flush at a time keeps each connection's commands in the order
 they arrived. When the broker cannot take a batch, each of its commands' ``on_fail`` runs, so
 the client hears ``unavailable`` instead of silence.
+
+Typing is not a command anybody must keep: a flush's typing goes as one transient message to
+``chat.typing`` (docs/events.md), never through the partitions' quorum queues, and is dropped
+quietly when the broker cannot take it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import prometheus_client
 
 from shared import envelope, topology
 from shared.amqp import Broker, Unavailable
-from shared.envelope import Command, Commands
+from shared.envelope import Command, Commands, StartTyping
 from shared.log import get_logger
 from shared.tasks import cancel_and_wait
 
@@ -35,6 +39,9 @@ PENDING_FULL = prometheus_client.Counter(
 )
 PUBLISH_FAILED = prometheus_client.Counter(
     "chat_gateway_commands_unavailable_total", "Commands the broker could not take"
+)
+TYPING_DROPPED = prometheus_client.Counter(
+    "chat_gateway_typing_dropped_total", "Typing frames dropped because the broker could not take them"
 )
 
 
@@ -81,9 +88,21 @@ class CommandPublisher:
 
     async def _flush(self, batch: list[tuple[Command, FailureCallback | None]]) -> None:
         grouped: dict[int, list[tuple[Command, FailureCallback | None]]] = defaultdict(list)
+        typing: list[Command] = []
         for item in batch:
-            grouped[topology.partition(item[0].conversation_id, self.partitions)].append(item)
+            if isinstance(item[0], StartTyping):
+                typing.append(item[0])
+            else:
+                grouped[topology.partition(item[0].conversation_id, self.partitions)].append(item)
         FLUSH_SIZE.observe(len(batch))
+
+        async def ephemeral() -> None:
+            try:
+                await self.broker.publish(
+                    topology.TYPING, "", envelope.encode(Commands(items=typing)), persistent=False
+                )
+            except Unavailable:
+                TYPING_DROPPED.inc(len(typing))
 
         async def one(p: int, items: list[tuple[Command, FailureCallback | None]]) -> None:
             body = envelope.encode(Commands(items=[c for c, _ in items]))
@@ -96,7 +115,7 @@ class CommandPublisher:
                     if on_fail is not None:
                         on_fail(str(exc))
 
-        await asyncio.gather(*(one(p, items) for p, items in grouped.items()))
+        await asyncio.gather(*(one(p, items) for p, items in grouped.items()), *([ephemeral()] if typing else []))
 
     async def close(self) -> None:
         """Publish what is pending (bounded), then stop the flusher."""

@@ -1,5 +1,7 @@
 """The notifier service: events in (chat.events.<p>), one delivery per gateway instance out.
 
+Typing arrives on its own queue (chat.typing.events, transient, any notifier takes any message).
+
 Each replica consumes the partitions the membership in Redis assigns it (shared/membership.py).
 For each batch (every AMQP message of one partition delivered so far, each a batch of events):
 look up every recipient's connections in Redis with one script call, plan the deliveries
@@ -20,7 +22,7 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import envelope, topology, tracing
-from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable, Unroutable
+from shared.amqp import PREFETCH, Broker, PartitionGroup, Poison, Retryable, Unavailable, Unroutable
 from shared.announce import Publisher
 from shared.log import get_logger
 from shared.membership import Membership
@@ -120,6 +122,20 @@ class Notifier:
         """An event that cannot be routed is set aside (chat.dead has it); the others went on."""
 
 
+class TypingRouter(Notifier):
+    """``chat.typing.events``' consumer handler: routes typing like any event, and nothing else."""
+
+    kind = "typing"
+
+    async def handle(self, events: list[envelope.Event]) -> None:
+        """Takes ``typing-started`` and ``command-rejected`` (a typist who is not a participant);
+        emits ``typing`` and ``error`` frames as :meth:`Notifier.handle` does."""
+        if any(not isinstance(e, envelope.TypingStarted | envelope.CommandRejected) for e in events):
+            # this path is never stored or ordered: a message here would reach people unstored
+            raise Poison(f"only typing travels {topology.TYPING_EVENTS}")
+        await super().handle(events)
+
+
 def create_app(settings: NotifierSettings) -> web.Application:
     app, readiness = ops_app("notifier")
     redis = redis_client(settings.redis_url)
@@ -130,9 +146,14 @@ def create_app(settings: NotifierSettings) -> web.Application:
         await topology.declare_events(channel, settings.partitions)
         await channel.close()
         await broker.consume_partitions(connection, group)
+        typing_channel = await connection.channel()
+        await typing_channel.set_qos(prefetch_count=PREFETCH)
+        queue = await topology.declare_typing(typing_channel, topology.TYPING_EVENTS)
+        await broker.consume(typing_channel, queue, typing)
 
     broker = Broker(settings.amqp_url, name=f"notifier:{settings.instance_id}", setup=setup, on_fatal=fatal)
     notifier = Notifier(Registry(redis), broker)
+    typing = TypingRouter(notifier.registry, broker)
     group = PartitionGroup(broker, topology.event_queue, notifier)
     membership = Membership(redis, "notifier", settings.instance_id, settings.partitions, group.want)
 

@@ -9,6 +9,10 @@
   the recipients' sockets; the queue expires once its gateway is gone.
 - ``chat.broadcast`` (fanout) -> every gateway queue: used while the Redis registry is not
   trustworthy (just after Redis lost its data), so nothing is missed meanwhile.
+- ``chat.typing`` and ``chat.typing.events`` (each an exchange and its one queue): typing, gateway ->
+  writer (which checks membership) -> notifier. Classic queues of transient messages that expire
+  after a few seconds and drop their oldest past a bound: typing needs no disk and no order, and
+  a stale one is worth nothing. Every writer (notifier) consumes the one queue; any may take any.
 - ``chat.dead`` (fanout) -> ``chat.dead``: poison messages and those redelivered too often.
 - ``chat.partitions``: an empty marker queue whose ``x-max-length`` records ``CHAT_PARTITIONS``.
   RabbitMQ refuses to redeclare a queue with a different value, so a service started with
@@ -32,6 +36,10 @@ EVENTS = "chat.events"
 DELIVERIES = "chat.deliveries"
 BROADCAST = "chat.broadcast"
 PARTITIONS_MARKER = "chat.partitions"
+TYPING = "chat.typing"
+TYPING_EVENTS = "chat.typing.events"
+TYPING_TTL_MS = 5_000  # a typing indicator older than this is worth nothing
+TYPING_MAX = 10_000  # messages a typing queue holds before it drops its oldest
 DELIVERY_LIMIT = 20  # a message redelivered this often (e.g. it crashes its consumer) is dead-lettered
 GATEWAY_QUEUE_EXPIRES_MS = 120_000
 
@@ -124,4 +132,22 @@ async def declare_gateway_queue(channel: AbstractChannel, instance_id: str) -> A
     )
     await queue.bind(direct, routing_key=instance_id)
     await queue.bind(fanout)
+    return queue
+
+
+async def declare_typing(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """``chat.typing`` or ``chat.typing.events``: an exchange and the one queue bound to it, both of
+    that name (publish to the exchange, routing key ``""``, transient; not through the default
+    exchange, which the deployed user may not write to: deploy/k8s grants ``^chat\\.`` only). The
+    queue is durable so it is there after a broker restart for whoever publishes first; its
+    messages are not (nothing of them is worth a disk write).
+    Expiry and the bound keep it small whoever stops consuming; with no delivery limit, the expiry
+    is also what ends a message that keeps crashing its consumer."""
+    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={"x-message-ttl": TYPING_TTL_MS, "x-max-length": TYPING_MAX, "x-overflow": "drop-head"},
+    )
+    await queue.bind(exchange, routing_key="")
     return queue

@@ -1,5 +1,7 @@
 """The writer service: commands in (chat.commands.<p>), rows in Postgres, events out (chat.events).
 
+Typing takes its own path (chat.typing -> chat.typing.events, writer/ephemeral.py): checked, never stored.
+
 Each replica consumes the partitions the membership in Redis assigns it (shared/membership.py),
 one channel per partition. For each batch (every AMQP message of one partition delivered so
 far, each the commands of one gateway flush): one transaction stores them all, then the
@@ -22,7 +24,7 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from shared import envelope, topology, tracing
-from shared.amqp import Broker, PartitionGroup, Retryable, Unavailable
+from shared.amqp import PREFETCH, Broker, PartitionGroup, Retryable, Unavailable
 from shared.announce import Publisher, publish_events
 from shared.db import TRANSIENT, Database, DatabaseUnavailable
 from shared.envelope import Command
@@ -34,6 +36,7 @@ from shared.service import fatal
 from shared.settings import WriterSettings
 from shared.tasks import cancel_and_wait
 
+from .ephemeral import TypingChecker
 from .plan import reject
 from .store import store
 
@@ -143,11 +146,16 @@ def create_app(settings: WriterSettings) -> web.Application:
         channel = await connection.channel()
         await topology.declare_events(channel, settings.partitions)
         await topology.declare_commands(channel, settings.partitions)
+        await topology.declare_typing(channel, topology.TYPING_EVENTS)
         await channel.close()
         await broker.consume_partitions(connection, group)
+        typing_channel = await connection.channel()
+        await typing_channel.set_qos(prefetch_count=PREFETCH)
+        await broker.consume(typing_channel, await topology.declare_typing(typing_channel, topology.TYPING), typing)
 
     broker = Broker(settings.amqp_url, name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
     writer = Writer(db, broker, settings.partitions)
+    typing = TypingChecker(db, broker, RETRY)
     group = PartitionGroup(broker, topology.command_queue, writer)
     membership = Membership(redis, "writer", settings.instance_id, settings.partitions, group.want)
 

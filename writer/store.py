@@ -106,6 +106,11 @@ def _conversations(rows: list[Any]) -> dict[Any, Conversation]:
     }
 
 
+async def conversations(conn: Conn, ids: list[Any]) -> dict[Any, Conversation]:
+    """Each conversation's counter, members and read pointers, without a lock (typing needs no more)."""
+    return _conversations(await conn.fetch(READ_CONVERSATIONS, sorted(set(ids))))
+
+
 async def _write(conn: Conn, decided: Plan) -> list[Event]:
     if not decided.writes:
         return decided.events

@@ -6,20 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
-from notifier.app import Notifier
+from notifier.app import Notifier, TypingRouter
 from shared import envelope, topology
-from shared.amqp import Backoff, Broker, Retryable, Unavailable, Unroutable, isolate
+from shared.amqp import Backoff, Broker, Poison, Retryable, Unavailable, Unroutable, isolate
 from shared.db import Database
-from shared.envelope import Origin, ReadMessages, SendMessage
+from shared.envelope import Origin, ReadMessages, SendMessage, StartTyping
 from shared.registry import Registry
-from writer.app import Writer
+from writer import ephemeral
+from writer.app import RETRY, Writer
+from writer.ephemeral import TypingChecker
 from writer.store import LOCKED
 
 from ..conftest import new_database
@@ -32,14 +36,16 @@ ORIGIN = Origin("gw-test", "conn-1")
 class FakePublisher:
     def __init__(self, fail: bool = False) -> None:
         self.published: list[tuple[str, str, bytes]] = []
+        self.persistent: list[bool] = []
         self.fail = fail
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
         if self.fail:
             raise Unavailable("broker down")
-        schema = "Events" if exchange == topology.EVENTS else "Deliveries"
+        schema = "Events" if exchange in (topology.EVENTS, topology.TYPING_EVENTS) else "Deliveries"
         assert not problems(schema, body), problems(schema, body)  # real bodies match gateway/asyncapi.yaml
         self.published.append((exchange, routing_key, body))
+        self.persistent.append(kw.get("persistent", True))
 
     def events(self) -> list[envelope.Event]:
         return [
@@ -284,3 +290,146 @@ async def test_broker_publish_confirms_marks_and_reports_an_unroutable_message(s
     finally:
         await connection.close()
         await broker.close()
+
+
+async def test_typing_is_checked_and_passed_on_transient_and_never_stored(writer_db):
+    db, conn, cid = writer_db
+    fake = FakePublisher()
+    typing = [
+        StartTyping(user_id="bob", conversation_id=cid, origin=ORIGIN),
+        StartTyping(user_id="mallory", conversation_id=cid, origin=Origin("gw-test", "conn-9")),
+        StartTyping(user_id="bob", conversation_id=uuid.uuid4(), origin=ORIGIN),
+    ]
+    await TypingChecker(db, fake, RETRY).handle(typing)
+    [(exchange, key, body)] = fake.published
+    assert (exchange, key, fake.persistent) == (topology.TYPING_EVENTS, "", [False])
+    events = envelope.decode(envelope.Events, body).items
+    assert events[0] == envelope.TypingStarted(conversation_id=cid, user_id="bob", participants=["alice", "bob"])
+    assert [(e.code, e.origin.conn) for e in events[1:] if isinstance(e, envelope.CommandRejected)] == [
+        ("not_a_participant", "conn-9"),
+        ("unknown_conversation", "conn-1"),
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_send_smuggled_onto_the_typing_path_is_set_aside_and_never_announced(writer_db):
+    """Only the partitioned path stores: a send on chat.typing would be announced unstored."""
+    db, _, cid = writer_db
+    fake = FakePublisher()
+    checker = TypingChecker(db, fake, RETRY)
+    batch = [StartTyping(user_id="bob", conversation_id=cid, origin=ORIGIN), send(cid, "t1")]
+    dead: list[envelope.Command] = []
+
+    async def poisoned(item: envelope.Command, reason: str) -> None:
+        dead.append(item)
+
+    assert await isolate(batch, checker.handle, poisoned, Backoff(0.001, 0.001))
+    assert dead == [batch[1]]
+    announced = [e for _, _, body in fake.published for e in envelope.decode(envelope.Events, body).items]
+    assert [type(e) for e in announced] == [envelope.TypingStarted]
+
+
+async def test_typing_is_dropped_not_retried_when_the_broker_cannot_take_it(writer_db):
+    db, _, cid = writer_db
+    await TypingChecker(db, FakePublisher(fail=True), RETRY).handle(
+        [StartTyping(user_id="bob", conversation_id=cid, origin=ORIGIN)]
+    )  # returns: the consumer acks, and the next typing tries again
+
+
+async def test_the_notifier_routes_only_typing_from_the_typing_path():
+    fake = FakePublisher()
+    router = TypingRouter(Registry(aioredis.Redis()), fake)  # never reached: refused before any lookup
+    with pytest.raises(Poison):
+        await router.handle([message_stored(conversation_id=uuid.uuid4(), seq=1, sender_id="a", participants=["a"])])
+    assert fake.published == []
+
+
+async def test_typing_in_a_conversation_typed_in_before_needs_no_database(writer_db):
+    db, conn, cid = writer_db
+    fake = FakePublisher()
+    checker = TypingChecker(db, fake, RETRY)
+    later = uuid.uuid4()  # unknown now: refused, and not remembered as unknown
+    await checker.handle([StartTyping(user_id="bob", conversation_id=c, origin=ORIGIN) for c in (cid, later)])
+    await conn.execute(
+        "INSERT INTO conversations (id, is_group, created_by, title) VALUES ($1, true, 'bob', 't')", later
+    )
+    await conn.execute("INSERT INTO participants (conversation_id, user_id) VALUES ($1, 'bob'), ($1, 'carol')", later)
+    await checker.handle([StartTyping(user_id="bob", conversation_id=later, origin=ORIGIN)])
+    await db.close()  # the members of both are known now
+    await checker.handle(
+        [
+            StartTyping(user_id=u, conversation_id=c, origin=ORIGIN)
+            for u, c in [("alice", cid), ("bob", later), ("eve", later)]
+        ]
+    )
+    outcomes = [
+        (e.user_id, e.participants) if isinstance(e, envelope.TypingStarted) else e.code
+        for _, _, body in fake.published
+        for e in envelope.decode(envelope.Events, body).items
+    ]
+    assert outcomes == [
+        ("bob", ["alice", "bob"]),
+        "unknown_conversation",
+        ("bob", ["bob", "carol"]),
+        ("alice", ["alice", "bob"]),
+        ("bob", ["bob", "carol"]),
+        "not_a_participant",
+    ]
+
+
+async def test_every_exchange_and_queue_the_services_use_is_within_the_deployed_permissions(stack):
+    """The user deploy/k8s creates may touch ``^chat\\.`` only: everything the services declare,
+    publish to and consume must be named so (the default exchange is not)."""
+    manifest = (Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "data" / "rabbitmq.yaml").read_text()
+    [permission] = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Permission"]
+    allowed = permission["spec"]["permissions"]
+    vhost, user = f"perm-{uuid.uuid4().hex[:8]}", f"deployed-{uuid.uuid4().hex[:8]}"
+    stack.rabbitmq.add_vhost(vhost)
+    stack.rabbitmq.ctl("add_user", user, "secret")
+    stack.rabbitmq.ctl("set_permissions", "-p", vhost, user, allowed["configure"], allowed["write"], allowed["read"])
+    url = stack.rabbitmq.url(vhost).replace("guest:guest@", f"{user}:secret@")
+    broker = Broker(url, name="deployed")
+    broker.start()
+    connection = await aio_pika.connect(url)
+    try:
+        await asyncio.wait_for(broker.connected.wait(), 30)
+        channel = await connection.channel()
+        queues = {
+            "commands": (await topology.declare_commands(channel, 2))[0],
+            "events": (await topology.declare_events(channel, 2))[0],
+            "typing": await topology.declare_typing(channel, topology.TYPING),
+            "typing events": await topology.declare_typing(channel, topology.TYPING_EVENTS),
+            "gateway": await topology.declare_gateway_queue(channel, "gw"),
+        }
+        await broker.publish(topology.COMMANDS, "0", b'"commands"')
+        await broker.publish(topology.EVENTS, "0", b'"events"')
+        await broker.publish(topology.TYPING, "", b'"typing"', persistent=False)
+        await broker.publish(topology.TYPING_EVENTS, "", b'"typing events"', persistent=False)
+        await broker.publish(topology.DELIVERIES, "gw", b'"gateway"', mandatory=True, persistent=False)
+        await broker.dead_letter(b'"dead"', "test", "here")
+        queues["dead"] = await channel.get_queue(topology.DEAD, ensure=False)
+        for name, queue in queues.items():  # consumed, as the services do (quorum queues refuse basic.get)
+            async with queue.iterator() as messages:
+                message = await asyncio.wait_for(anext(messages), 5)
+                assert message.body == f'"{name}"'.encode()
+                await message.ack()
+    finally:
+        await connection.close()
+        await broker.close()
+
+
+async def test_the_members_kept_for_typing_are_bounded_least_recently_typed_in_first(writer_db, monkeypatch):
+    db, conn, cid = writer_db
+    monkeypatch.setattr(ephemeral, "KNOWN_MEMBERS_MAX", 5)  # conversations of 2: two fit, not three
+    others = [uuid.uuid4(), uuid.uuid4()]
+    for other in others:
+        await conn.execute(
+            "INSERT INTO conversations (id, is_group, created_by, title) VALUES ($1, true, 'a', 't')", other
+        )
+        await conn.execute(
+            "INSERT INTO participants (conversation_id, user_id) VALUES ($1, 'alice'), ($1, 'bob')", other
+        )
+    checker = TypingChecker(db, FakePublisher(), RETRY)
+    for c in [cid, others[0], cid, others[1]]:  # others[0] is now the least recently typed in
+        await checker.handle([StartTyping(user_id="bob", conversation_id=c, origin=ORIGIN)])
+    assert list(checker.known) == [cid, others[1]] and checker.known_members == 4

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from notifier.routing import plan
-from shared import envelope, frames
+from shared import envelope, frames, topology
 from shared.envelope import Origin
 
 from ..factories import message_stored
@@ -23,7 +23,9 @@ AT = datetime(2026, 11, 28, 8, 0, 0, 123000, tzinfo=timezone.utc)
 def test_the_document_is_asyncapi_3_with_every_channel():
     doc = document()
     assert doc["asyncapi"].startswith("3.")
-    assert set(doc["channels"]) == {"socket", "commands", "events", "deliveries", "dead"}
+    assert set(doc["channels"]) == {"socket", "commands", "events", "typing", "typingEvents", "deliveries", "dead"}
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert {topology.TYPING, topology.TYPING_EVENTS, topology.DEAD} <= addresses
 
 
 @pytest.mark.parametrize(
