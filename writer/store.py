@@ -107,7 +107,7 @@ def _conversations(rows: list[Any]) -> dict[Any, Conversation]:
 
 
 async def conversations(conn: Conn, ids: list[Any]) -> dict[Any, Conversation]:
-    """Each conversation's counter, members and read pointers, without a lock (typing needs no more)."""
+    """Each conversation's counter, members and read pointers, read without a lock (the fast path; typing)."""
     return _conversations(await conn.fetch(READ_CONVERSATIONS, sorted(set(ids))))
 
 
@@ -142,8 +142,7 @@ async def store(conn: Conn, commands: list[Command]) -> tuple[Plan, list[Event]]
     refusal rolls the statement back whole, and the batch is stored again the careful way: in a
     transaction, the conversations locked, the stored sends read first.
     """
-    conversations = _conversations(await conn.fetch(READ_CONVERSATIONS, sorted({c.conversation_id for c in commands})))
-    decided = plan(commands, conversations, {}, _now_ms())
+    decided = plan(commands, await conversations(conn, [c.conversation_id for c in commands]), {}, _now_ms())
     try:
         return decided, await _write(conn, decided)
     except asyncpg.UniqueViolationError:
