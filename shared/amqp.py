@@ -463,8 +463,10 @@ class PartitionGroup(Generic[T]):
         *,
         prefetch: int = PREFETCH,
         max_concurrent: int = 4,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
+        self.on_change = on_change  # called when a queue was released and before one is subscribed to
         self.queue_name = queue_name
         self.handler = handler
         self.prefetch = prefetch
@@ -506,6 +508,8 @@ class PartitionGroup(Generic[T]):
         held = {int(k) for k in consumer.sources}
         gone = sorted(held - wanted)
         await asyncio.gather(*(consumer.remove(p) for p in gone), return_exceptions=True)
+        if self.on_change is not None and (gone or wanted - held):
+            self.on_change()
         for p in sorted(wanted - held):
             if self._connection is None or self._connection.is_closed:
                 return

@@ -37,6 +37,7 @@ from shared.settings import WriterSettings
 from shared.tasks import cancel_and_wait
 
 from .ephemeral import TypingChecker
+from .known import Known
 from .plan import reject
 from .store import store
 
@@ -61,6 +62,11 @@ BATCH_SIZE = prometheus_client.Histogram(
 # Failures worth retrying in place. A unique violation means another writer stored the same key a
 # moment ago (two partitions sharing a sender's tempMessageId): the retry reads it and decides.
 RETRY = (DatabaseUnavailable, asyncpg.UniqueViolationError, *TRANSIENT)
+# The conversations whose counter, members and read pointers a writer remembers between batches,
+# so that a batch in them needs no read (writer/store.py): about 2 kB for a conversation of 5,
+# ~20 MB at most. Forgotten whenever the partitions this writer holds change.
+REMEMBERED = 10_000
+REMEMBERED_MEMBERS = 100_000
 
 
 class Writer:
@@ -72,6 +78,7 @@ class Writer:
         self.db = db
         self.publisher = publisher
         self.partitions = partitions
+        self.known = Known(REMEMBERED, REMEMBERED_MEMBERS)
 
     def decode(self, body: bytes) -> list[Command]:
         return envelope.decode(envelope.Commands, body).items
@@ -90,7 +97,7 @@ class Writer:
         now = time.time()
         try:
             async with self.db.acquire() as conn:
-                decided, events = await store(conn, commands)
+                decided, events = await store(conn, commands, self.known)
         except RETRY as exc:
             raise Retryable(f"database: {exc.__class__.__name__}") from None
         if tracing.enabled():
@@ -156,7 +163,8 @@ def create_app(settings: WriterSettings) -> web.Application:
     broker = Broker(settings.amqp_url, name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
     writer = Writer(db, broker, settings.partitions)
     typing = TypingChecker(db, broker, RETRY)
-    group = PartitionGroup(broker, topology.command_queue, writer)
+    # what it remembers of its conversations may be stale once another writer held them
+    group = PartitionGroup(broker, topology.command_queue, writer, on_change=writer.known.clear)
     membership = Membership(redis, "writer", settings.instance_id, settings.partitions, group.want)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

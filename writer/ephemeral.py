@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from datetime import datetime, timezone
 
 import prometheus_client
@@ -28,6 +27,7 @@ from shared.db import Database
 from shared.envelope import Command, StartTyping
 from shared.log import get_logger
 
+from .known import Known
 from .plan import Conversation, plan
 from .store import conversations
 
@@ -52,8 +52,7 @@ class TypingChecker:
         self.db = db
         self.publisher = publisher
         self.failures = failures  # what counts as the database failing (the writer's RETRY)
-        self.known: OrderedDict[uuid.UUID, Conversation] = OrderedDict()  # least recently typed in first
-        self.known_members = 0
+        self.known = Known(KNOWN_MAX, KNOWN_MEMBERS_MAX)  # least recently typed in dropped first
 
     def decode(self, body: bytes) -> list[Command]:
         return envelope.decode(envelope.Commands, body).items
@@ -87,20 +86,16 @@ class TypingChecker:
         log.debug("typing_checked", typing=len(commands), ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _members(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, Conversation]:
-        found = {cid: self.known[cid] for cid in ids if cid in self.known}
+        generation = self.known.generation
+        found = self.known.get(ids)
         KNOWN_HITS.inc(len(found))
         missing = [cid for cid in ids if cid not in found]
         if missing:
             async with self.db.acquire() as conn:
                 read = await conversations(conn, missing)
-            found.update({cid: Conversation(0, c.members) for cid, c in read.items()})  # members only
-        for cid, conversation in found.items():
-            if cid not in self.known:
-                self.known_members += len(conversation.members)
-            self.known[cid] = conversation
-            self.known.move_to_end(cid)
-        while len(self.known) > KNOWN_MAX or self.known_members > KNOWN_MEMBERS_MAX:
-            self.known_members -= len(self.known.popitem(last=False)[1].members)
+            fresh = {cid: Conversation(0, c.members) for cid, c in read.items()}  # members only
+            self.known.put(fresh, generation)
+            found.update(fresh)
         return found
 
     async def rejected(self, command: Command, reason: str) -> None:

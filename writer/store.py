@@ -1,15 +1,18 @@
 """Storing a batch of commands atomically: the SQL round trips around ``plan.py``.
 
 A batch comes from partition queues one writer holds, so normally no other writer touches its
-conversations: the fast path reads and writes in two round trips without locks, and unique keys
-catch the rare exception (a hand-over between writers, a redelivery), which is then stored again
-with the conversations locked, so ``seq`` stays gapless whatever runs concurrently. Redelivery is
-normal: a send whose ``(sender, tempMessageId)`` is already stored stores nothing and
-re-announces the original message.
+conversations: the fast path writes in one statement without a transaction, after reading only the
+conversations this writer does not remember from its last batches (writer/known.py). The
+statement writes only if each conversation is still where the plan started from, and unique keys
+catch the rest (a hand-over between writers, a redelivery); such a batch is stored again with the
+conversations locked, so ``seq`` stays gapless whatever runs concurrently. Redelivery is normal:
+a send whose ``(sender, tempMessageId)`` is already stored stores nothing and re-announces the
+original message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,11 +22,12 @@ import prometheus_client
 from shared.db import Conn
 from shared.envelope import Command, Event, SendMessage
 
+from .known import Known
 from .plan import Conversation, Plan, Stored, plan
 
 LOCKED = prometheus_client.Counter(
     "chat_writer_locked_batches_total",
-    "Batches stored again with their conversations locked, after a unique key refused the fast path",
+    "Batches stored again with their conversations locked, after a unique key or a moved last_seq refused the fast path",
 )
 
 
@@ -59,31 +63,44 @@ JOIN unnest($1::text[], $2::text[]) AS k(sender_id, temp_message_id)
   ON m.sender_id = k.sender_id AND m.temp_message_id = k.temp_message_id
 """
 
-# One statement writes everything: the new messages, each conversation's latest-message fields,
-# and in one pass over the participant rows both every member's copy of the latest-message time
-# (the conversation list's index) and the read pointers (a sender has read their own message;
-# read-messages reads to the end). It returns the read pointers it moved.
+# One statement writes everything: the new messages, each conversation's latest-message fields
+# (from its last new message), and in one pass over the participant rows both every member's copy
+# of the latest-message time (the conversation list's index) and the read pointers (a sender has
+# read their own message; read-messages reads to the end). First it locks the conversations it
+# writes to, in id order as the careful path does (so two writers never deadlock), and it writes
+# only if each still has the ``last_seq`` the plan started from (else nothing, and one row of
+# NULLs says so): checked against the row as it is once locked, not as a snapshot saw it. It
+# returns the read pointers it moved.
 WRITE = """
-WITH new_messages AS (
+WITH locked AS (
+    SELECT c.id, c.last_seq FROM conversations c WHERE c.id = ANY($8::uuid[]) ORDER BY c.id FOR NO KEY UPDATE
+), stale AS (
+    SELECT 1 FROM locked c
+    JOIN unnest($8::uuid[], $9::bigint[]) AS e(conversation_id, last_seq) ON c.id = e.conversation_id
+    WHERE c.last_seq <> e.last_seq
+    LIMIT 1
+), new_messages AS (
     INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
+    RETURNING conversation_id, seq, id, sender_id, content, sent_at
+), last AS (
+    SELECT DISTINCT ON (conversation_id) * FROM new_messages ORDER BY conversation_id, seq DESC
 ), latest AS (
     UPDATE conversations c
     SET last_seq = v.seq, last_message_id = v.id, last_sent_at = v.sent_at, last_sender_id = v.sender_id,
         last_content = v.content
-    FROM unnest($8::uuid[], $9::bigint[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])
-         AS v(conversation_id, seq, id, sent_at, sender_id, content)
+    FROM last v
     WHERE c.id = v.conversation_id AND c.last_seq < v.seq
-), touched AS (
-    SELECT * FROM unnest($8::uuid[], $11::timestamptz[]) AS t(conversation_id, sent_at)
 ), reads AS (
-    SELECT * FROM unnest($14::uuid[], $15::text[], $16::bigint[]) AS r(conversation_id, user_id, seq)
+    SELECT * FROM unnest($10::uuid[], $11::text[], $12::bigint[]) AS r(conversation_id, user_id, seq)
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
 ), targets AS (
     SELECT q.conversation_id, q.user_id, t.sent_at, r.seq
     FROM participants q
-    LEFT JOIN touched t ON t.conversation_id = q.conversation_id
+    LEFT JOIN last t ON t.conversation_id = q.conversation_id
     LEFT JOIN reads r ON r.conversation_id = q.conversation_id AND r.user_id = q.user_id
-    WHERE q.conversation_id IN (SELECT conversation_id FROM touched UNION ALL SELECT conversation_id FROM reads)
+    WHERE q.conversation_id IN (SELECT conversation_id FROM last UNION ALL SELECT conversation_id FROM reads)
       AND (t.sent_at IS NOT NULL OR r.seq IS NOT NULL)
 ), moved AS (
     UPDATE participants p
@@ -94,7 +111,13 @@ WITH new_messages AS (
     RETURNING p.conversation_id, p.user_id, p.last_read_seq, x.seq IS NOT NULL AS read
 )
 SELECT conversation_id, user_id, last_read_seq FROM moved WHERE read
+UNION ALL
+SELECT NULL, NULL, NULL FROM stale
 """
+
+
+class Stale(Exception):
+    """A conversation had moved on from the ``last_seq`` the plan started from: nothing was written."""
 
 
 def _conversations(rows: list[Any]) -> dict[Any, Conversation]:
@@ -111,52 +134,89 @@ async def conversations(conn: Conn, ids: list[Any]) -> dict[Any, Conversation]:
     return _conversations(await conn.fetch(READ_CONVERSATIONS, sorted(set(ids))))
 
 
-async def _write(conn: Conn, decided: Plan) -> list[Event]:
+Pointers = dict[tuple[Any, str], int]
+
+
+async def _write(conn: Conn, decided: Plan, state: Mapping[Any, Conversation]) -> Pointers:
+    """Write what ``decided`` says, if its conversations are still at ``state``: the read pointers moved."""
     if not decided.writes:
-        return decided.events
+        return {}
     new_rows = [
         (m.conversation_id, m.seq, m.id, m.sender_id, m.temp_message_id, m.content, m.sent_at)
         for m in decided.new_messages
     ]
-    latest = [(v.seq, v.message_id, v.sent_at, v.sender_id, v.content) for v in decided.latest.values()]
     keys = list(decided.read_to)
+    written = {m.conversation_id for m in decided.new_messages} | {k[0] for k in keys}
     rows = await conn.fetch(
         WRITE,
         *_columns(new_rows, 7),
-        list(decided.latest),
-        *_columns(latest, 5),
+        list(written),
+        [state[cid].last_seq for cid in written],
         [k[0] for k in keys],
         [k[1] for k in keys],
         [decided.read_to[k] for k in keys],
     )
-    return decided.resolved({(r["conversation_id"], r["user_id"]): r["last_read_seq"] for r in rows})
+    if rows and rows[-1]["conversation_id"] is None:
+        raise Stale
+    return {(r["conversation_id"], r["user_id"]): r["last_read_seq"] for r in rows}
 
 
-async def store(conn: Conn, commands: list[Command]) -> tuple[Plan, list[Event]]:
+def _after(state: Mapping[Any, Conversation], decided: Plan, pointers: Pointers) -> dict[Any, Conversation]:
+    """The conversations as the write left them: what to remember for the next batch."""
+    moved: dict[Any, dict[str, int]] = {}
+    for (cid, user), seq in pointers.items():
+        moved.setdefault(cid, {})[user] = seq
+    return {
+        cid: Conversation(
+            decided.latest[cid].seq if cid in decided.latest else c.last_seq,
+            c.members,
+            {**c.read, **moved[cid]} if cid in moved else c.read,
+        )
+        for cid, c in state.items()
+    }
+
+
+async def store(conn: Conn, commands: list[Command], known: Known | None = None) -> tuple[Plan, list[Event]]:
     """Apply ``commands`` in order: the plan, and the events to announce once this returns.
 
-    The fast path is two round trips and no explicit transaction: read the conversations, plan as
-    if no send were stored yet, write everything in one statement (atomic on its own). Two
-    unique keys make it safe: ``(conversation_id, seq)`` refuses a seq another writer took
-    meanwhile, ``(sender_id, tempMessageId)`` a send stored before (a redelivery). Either
-    refusal rolls the statement back whole, and the batch is stored again the careful way: in a
-    transaction, the conversations locked, the stored sends read first.
+    The fast path is one or two round trips and no transaction: read the conversations
+    not in ``known`` (what this writer's last batches left them at), plan as if no send were
+    stored yet, write everything in one statement (atomic on its own). Whatever was read or
+    remembered is checked there: the statement locks its conversations and writes nothing if
+    one's ``last_seq`` moved on (another writer, during a hand-over); ``(sender_id,
+    tempMessageId)`` refuses a send stored before (a redelivery), ``(conversation_id, seq)`` a
+    seq taken meanwhile. Any of these, and the batch is stored again the careful way: in a transaction,
+    the conversations locked, the stored sends read first. Whatever fails, the batch's
+    conversations are forgotten, so the next batch reads them.
     """
-    decided = plan(commands, await conversations(conn, [c.conversation_id for c in commands]), {}, _now_ms())
+    known = known if known is not None else Known(0, 0)
+    generation = known.generation
+    ids = {c.conversation_id for c in commands}
+    state = known.get(ids)
     try:
-        return decided, await _write(conn, decided)
-    except asyncpg.UniqueViolationError:
-        LOCKED.inc()
-    async with conn.transaction():
-        return await _store_locked(conn, commands)
+        if len(state) < len(ids):
+            state.update(await conversations(conn, [cid for cid in ids if cid not in state]))
+        decided = plan(commands, state, {}, _now_ms())
+        try:
+            pointers = await _write(conn, decided, state)
+        except (asyncpg.UniqueViolationError, Stale):
+            LOCKED.inc()
+            known.forget(ids)
+            async with conn.transaction():
+                state, decided, pointers = await _store_locked(conn, commands)
+    except BaseException:
+        known.forget(ids)
+        raise
+    known.put(_after(state, decided, pointers), generation)
+    return decided, decided.resolved(pointers)
 
 
-async def _store_locked(conn: Conn, commands: list[Command]) -> tuple[Plan, list[Event]]:
-    conversations = _conversations(await conn.fetch(LOCK_CONVERSATIONS, sorted({c.conversation_id for c in commands})))
+async def _store_locked(conn: Conn, commands: list[Command]) -> tuple[dict[Any, Conversation], Plan, Pointers]:
+    state = _conversations(await conn.fetch(LOCK_CONVERSATIONS, sorted({c.conversation_id for c in commands})))
     sends = [c for c in commands if isinstance(c, SendMessage)]
     existing: dict[tuple[str, str], Stored] = {}
     if sends:
         rows = await conn.fetch(EXISTING, [c.user_id for c in sends], [c.temp_message_id for c in sends])
         existing = {(r["sender_id"], r["temp_message_id"]): Stored(**dict(r)) for r in rows}
-    decided = plan(commands, conversations, existing, _now_ms())
-    return decided, await _write(conn, decided)
+    decided = plan(commands, state, existing, _now_ms())
+    return state, decided, await _write(conn, decided, state)

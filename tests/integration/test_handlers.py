@@ -22,6 +22,7 @@ from shared.db import Database
 from shared.envelope import Origin, ReadMessages, SendMessage, StartTyping
 from shared.registry import Registry
 from writer import ephemeral
+from writer import store as store_module
 from writer.app import RETRY, Writer
 from writer.ephemeral import TypingChecker
 from writer.store import LOCKED
@@ -46,6 +47,14 @@ class FakePublisher:
         assert not problems(schema, body), problems(schema, body)  # real bodies match gateway/asyncapi.yaml
         self.published.append((exchange, routing_key, body))
         self.persistent.append(kw.get("persistent", True))
+
+    def typing(self) -> list[envelope.Event]:
+        return [
+            e
+            for ex, _, body in self.published
+            if ex == topology.TYPING_EVENTS
+            for e in envelope.decode(envelope.Events, body).items
+        ]
 
     def events(self) -> list[envelope.Event]:
         return [
@@ -329,11 +338,81 @@ async def test_a_send_smuggled_onto_the_typing_path_is_set_aside_and_never_annou
     assert [type(e) for e in announced] == [envelope.TypingStarted]
 
 
+async def test_a_writer_reads_a_conversation_once_and_then_acts_on_what_it_remembers(writer_db, monkeypatch):
+    db, conn, cid = writer_db
+    fake = FakePublisher()
+    writer = Writer(db, fake, partitions=4)
+    reads: list[list[uuid.UUID]] = []
+    real = store_module.conversations
+
+    async def counted(c, ids):
+        reads.append(list(ids))
+        return await real(c, ids)
+
+    monkeypatch.setattr(store_module, "conversations", counted)
+    await writer.handle([send(cid, "t1")])
+    await writer.handle(
+        [send(cid, "t2", user="bob"), ReadMessages(user_id="alice", conversation_id=cid, origin=ORIGIN)]
+    )
+    await writer.handle([ReadMessages(user_id="alice", conversation_id=cid, origin=ORIGIN)])  # nothing new: no write
+    assert reads == [[cid]]  # the first batch read it; the others knew
+    assert [(e.seq, e.sender_id) for e in fake.events() if isinstance(e, envelope.MessageStored)] == [
+        (1, "alice"),
+        (2, "bob"),
+    ]
+    assert [e.last_read_seq for e in fake.events() if isinstance(e, envelope.ReadUpdated)] == [2]
+    writer.known.clear()  # as when its partitions change: the next batch reads again
+    await writer.handle([send(cid, "t3")])
+    assert reads == [[cid], [cid]]
+
+
+async def test_a_writer_that_remembers_a_conversation_another_writer_moved_on_writes_nothing_from_it(writer_db):
+    """What a writer remembers is stale if another writer stored meanwhile (a hand-over): the
+    statement writes nothing, and the batch is stored again from the locked rows."""
+    db, conn, cid = writer_db
+    ours, theirs = FakePublisher(), FakePublisher()
+    first, second = Writer(db, ours, partitions=4), Writer(db, theirs, partitions=4)
+    await first.handle([send(cid, "t1")])  # first remembers last_seq 1, alice has read 1
+    await second.handle([send(cid, "t2", user="bob"), send(cid, "t3", user="bob")])
+    locked = LOCKED._value.get()
+    await first.handle([ReadMessages(user_id="alice", conversation_id=cid, origin=ORIGIN), send(cid, "t4")])
+    assert LOCKED._value.get() == locked + 1
+    await second.handle([send(cid, "t5", user="alice")])  # now the second is behind: it took 4
+    assert LOCKED._value.get() == locked + 2
+    await first.handle([ReadMessages(user_id="bob", conversation_id=cid, origin=ORIGIN)])  # a read alone, stale too
+    assert LOCKED._value.get() == locked + 3
+
+    assert [(e.seq, e.temp_message_id) for e in ours.events() if isinstance(e, envelope.MessageStored)] == [
+        (1, "t1"),
+        (4, "t4"),
+    ]
+    assert [(e.user_id, e.last_read_seq) for e in ours.events() if isinstance(e, envelope.ReadUpdated)] == [
+        ("alice", 4),  # remembered, she had read all (1 of 1): she read 2 and 3, then her own 4
+        ("bob", 5),
+    ]
+    seqs = await conn.fetch("SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq", cid)
+    assert [r["seq"] for r in seqs] == [1, 2, 3, 4, 5]
+    pointers = await conn.fetch(
+        "SELECT user_id, last_read_seq FROM participants WHERE conversation_id = $1 ORDER BY user_id", cid
+    )
+    assert [(r["user_id"], r["last_read_seq"]) for r in pointers] == [("alice", 5), ("bob", 5)]
+    latest = await conn.fetchrow("SELECT last_seq, last_content FROM conversations WHERE id = $1", cid)
+    assert (latest["last_seq"], latest["last_content"]) == (5, "hi")
+
+
 async def test_typing_is_dropped_not_retried_when_the_broker_cannot_take_it(writer_db):
     db, _, cid = writer_db
-    await TypingChecker(db, FakePublisher(fail=True), RETRY).handle(
-        [StartTyping(user_id="bob", conversation_id=cid, origin=ORIGIN)]
-    )  # returns: the consumer acks, and the next typing tries again
+    broker = FakePublisher(fail=True)
+    checker = TypingChecker(db, broker, RETRY)
+    dropped = ephemeral.DROPPED.labels("broker")
+    before = dropped._value.get()
+    typing = [StartTyping(user_id="bob", conversation_id=cid, origin=ORIGIN)]
+    await checker.handle(typing)  # returns, so the consumer acks: nothing waits for typing
+    assert dropped._value.get() == before + 1
+    broker.fail = False  # the broker is back: the next typing goes out, the dropped one does not
+    await checker.handle(typing)
+    assert [e.user_id for e in broker.typing()] == ["bob"]
+    assert dropped._value.get() == before + 1
 
 
 async def test_the_notifier_routes_only_typing_from_the_typing_path():
@@ -432,4 +511,4 @@ async def test_the_members_kept_for_typing_are_bounded_least_recently_typed_in_f
     checker = TypingChecker(db, FakePublisher(), RETRY)
     for c in [cid, others[0], cid, others[1]]:  # others[0] is now the least recently typed in
         await checker.handle([StartTyping(user_id="bob", conversation_id=c, origin=ORIGIN)])
-    assert list(checker.known) == [cid, others[1]] and checker.known_members == 4
+    assert list(checker.known.entries) == [cid, others[1]] and checker.known.members == 4

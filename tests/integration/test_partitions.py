@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import signal
 import time
 import uuid
 
 import aio_pika
+
+from shared import topology
 
 from ..harness import System, WsClient
 from ..protocol import problems
@@ -98,6 +101,48 @@ async def test_a_killed_writer_is_replaced_then_gets_its_share_back_and_nothing_
         mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
         assert [int(f["tempMessageId"].split("-")[1]) for f in mine] == list(range(100))  # sent order kept
     print(f"took over in {took_over:.1f}s, share back in {came_back:.1f}s")
+
+
+async def test_a_writer_that_gets_a_conversation_back_acts_on_where_it_is_now(system):
+    """A writer remembers its conversations between batches (to skip a read); one that hands a
+    partition over and gets it back must not trust what it remembered: a read moves to the end."""
+    system.partitions = P
+    first = await system.start("writer")
+    await system.start_all(writers=0, notifiers=1, gateways=1)
+    await wait_shared(system, "chat.commands.", [ident(system, first)], timeout=15)
+    by_partition: dict[int, tuple[str, str, uuid.UUID]] = {}
+    for n in itertools.count():  # one conversation in every partition: whichever move, one of ours does
+        if len(by_partition) == P:
+            break
+        cid = await system.conversation([f"back-a{n}", f"back-b{n}"])
+        by_partition.setdefault(topology.partition(cid, P), (f"back-a{n}", f"back-b{n}", cid))
+    clients = {}
+    for p, (user_a, user_b, cid) in by_partition.items():
+        a, b = await system.connect(user_a), await system.connect(user_b)
+        await b.send_message(cid, "first", temp_id="first")  # the first writer remembers b has read seq 1
+        await a.wait_frame(type="new-message", tempMessageId="first")
+        clients[p] = (a, b, cid)
+
+    second = await system.start("writer")
+    await wait_shared(system, "chat.commands.", [ident(system, first), ident(system, second)], timeout=15)
+    moved = {
+        int(q.rsplit(".", 1)[1])
+        for q, i in system.active_consumers("chat.commands.").items()
+        if i == ident(system, second)
+    }
+    assert moved
+    for p in moved:  # stored by the second writer: the first does not know
+        a, b, cid = clients[p]
+        await a.send_message(cid, "second", temp_id="second")
+        await b.wait_frame(type="new-message", tempMessageId="second", seq=2)
+    assert await asyncio.to_thread(second.terminate) == 0
+    await wait_shared(system, "chat.commands.", [ident(system, first)], timeout=15)
+
+    for p in moved:
+        a, b, cid = clients[p]
+        await b.send({"action": "read-messages", "conversationId": str(cid)})
+        assert (await b.wait_frame(type="read-messages"))["lastReadSeq"] == 2
+        assert (await a.wait_frame(type="read-receipt", userId=b.user))["lastReadSeq"] == 2
 
 
 POISON_TRIGGER = """
