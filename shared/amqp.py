@@ -41,8 +41,9 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import aio_pika
 import aiormq
 import prometheus_client
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
+from aiormq.abc import DeliveredMessage
 
 from .log import get_logger
 from .tasks import cancel_and_wait
@@ -200,7 +201,7 @@ class Source:
     key: int | str
     channel: AbstractChannel
     queue: AbstractQueue
-    inbox: deque[AbstractIncomingMessage] = field(default_factory=deque)
+    inbox: deque[DeliveredMessage] = field(default_factory=deque)
     busy: bool = False
     closing: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -251,11 +252,14 @@ class Consumer(Generic[T]):
         source.idle.set()
         self.sources[key] = source
 
-        async def receive(message: AbstractIncomingMessage) -> None:
+        async def receive(message: DeliveredMessage) -> None:
             source.inbox.append(message)
             self._wake.set()
 
-        await queue.consume(receive, no_ack=False, consumer_tag=consumer_tag)
+        # straight onto aiormq's channel: aio-pika's queue.consume() wraps every delivery in an
+        # IncomingMessage and one more task, which we never use (~7 % of a consumer's CPU)
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(queue.name, receive, no_ack=False, consumer_tag=consumer_tag)
 
     async def remove(self, key: int | str) -> None:
         """Release a queue: no new batch takes it, the batch holding it finishes, its channel closes
@@ -318,12 +322,12 @@ class Consumer(Generic[T]):
             log.error("batch_crashed", consumer=self.name, error=reason_of(failure))
         self._wake.set()
 
-    def _take(self) -> list[tuple[Source, list[AbstractIncomingMessage]]]:
+    def _take(self) -> list[tuple[Source, list[DeliveredMessage]]]:
         sources = list(self.sources.values())
         if not sources:
             return []
         self._next = (self._next + 1) % len(sources)
-        batch: list[tuple[Source, list[AbstractIncomingMessage]]] = []
+        batch: list[tuple[Source, list[DeliveredMessage]]] = []
         room = self.max_batch
         for source in sources[self._next :] + sources[: self._next]:
             if source.busy or source.closing or not source.inbox or room <= 0:
@@ -340,7 +344,7 @@ class Consumer(Generic[T]):
         source.idle.set()
         self._wake.set()
 
-    async def _process(self, batch: list[tuple[Source, list[AbstractIncomingMessage]]]) -> None:
+    async def _process(self, batch: list[tuple[Source, list[DeliveredMessage]]]) -> None:
         started = time.perf_counter()
         parts = [(source, messages, await self._decode(source, messages)) for source, messages in batch]
         items = [item for _, _, part in parts for item in part]
@@ -353,7 +357,7 @@ class Consumer(Generic[T]):
             await asyncio.gather(*(self._one(source, messages, part, exc) for source, messages, part in parts))
             return
         for source, messages, _ in parts:
-            await _settle(messages[-1].ack(multiple=True))
+            await _settle(_ack_through(messages[-1]))
             self._release(source)
         log.debug(
             "batch_processed",
@@ -363,7 +367,7 @@ class Consumer(Generic[T]):
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _decode(self, source: Source, messages: list[AbstractIncomingMessage]) -> list[T]:
+    async def _decode(self, source: Source, messages: list[DeliveredMessage]) -> list[T]:
         items: list[T] = []
         for message in messages:
             try:
@@ -375,7 +379,7 @@ class Consumer(Generic[T]):
         return items
 
     async def _one(
-        self, source: Source, messages: list[AbstractIncomingMessage], items: list[T], first: BaseException
+        self, source: Source, messages: list[DeliveredMessage], items: list[T], first: BaseException
     ) -> None:
         """One queue's share of a failed batch: retried or isolated alone, then settled."""
         kind, queue = self.handler.kind, source.queue.name
@@ -404,7 +408,7 @@ class Consumer(Generic[T]):
             done = await isolate(items, self.handler.handle, poisoned, backoff, retried, split)
             RETRYING.labels(queue).set(0)
             if done:
-                await _settle(messages[-1].ack(multiple=True))
+                await _settle(_ack_through(messages[-1]))
         finally:
             self._release(source)  # when not done, closing the channel hands the messages back
 
@@ -433,6 +437,14 @@ async def _close(channel: AbstractChannel) -> None:
             await asyncio.wait_for(channel.close(), 5)
         except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
             pass
+
+
+def _ack_through(message: DeliveredMessage) -> Awaitable[None]:
+    """Ack ``message`` and every earlier one of its channel (``multiple``)."""
+    tag = message.delivery_tag
+    if tag is None:  # only a basic.get-empty or a return has none; never a consumed message
+        raise ValueError("a delivery without a delivery tag")
+    return message.channel.basic_ack(tag, multiple=True)
 
 
 async def _settle(action: Awaitable[None]) -> None:
