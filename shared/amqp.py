@@ -257,7 +257,7 @@ class Consumer(Generic[T]):
             self._wake.set()
 
         # straight onto aiormq's channel: aio-pika's queue.consume() wraps every delivery in an
-        # IncomingMessage and one more task, which we never use (~7 % of a consumer's CPU)
+        # IncomingMessage and one more task, which we never use (~7 % of the writer's profile at 1,000 msg/s)
         underlay = await channel.get_underlay_channel()
         await underlay.basic_consume(queue.name, receive, no_ack=False, consumer_tag=consumer_tag)
 

@@ -176,7 +176,7 @@ def _after(state: Mapping[Any, Conversation], decided: Plan, pointers: Pointers)
     }
 
 
-async def store(conn: Conn, commands: list[Command], known: Known | None = None) -> tuple[Plan, list[Event]]:
+async def store(conn: Conn, commands: list[Command], known: Known) -> tuple[Plan, list[Event]]:
     """Apply ``commands`` in order: the plan, and the events to announce once this returns.
 
     The fast path is one or two round trips and no transaction: read the conversations
@@ -189,7 +189,6 @@ async def store(conn: Conn, commands: list[Command], known: Known | None = None)
     the conversations locked, the stored sends read first. Whatever fails, the batch's
     conversations are forgotten, so the next batch reads them.
     """
-    known = known if known is not None else Known(0, 0)
     generation = known.generation
     ids = {c.conversation_id for c in commands}
     state = known.get(ids)

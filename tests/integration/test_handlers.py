@@ -48,20 +48,10 @@ class FakePublisher:
         self.published.append((exchange, routing_key, body))
         self.persistent.append(kw.get("persistent", True))
 
-    def typing(self) -> list[envelope.Event]:
+    def events(self, exchange: str = topology.EVENTS) -> list[envelope.Event]:
+        """The events published to ``exchange``, in order."""
         return [
-            e
-            for ex, _, body in self.published
-            if ex == topology.TYPING_EVENTS
-            for e in envelope.decode(envelope.Events, body).items
-        ]
-
-    def events(self) -> list[envelope.Event]:
-        return [
-            e
-            for ex, _, body in self.published
-            if ex == topology.EVENTS
-            for e in envelope.decode(envelope.Events, body).items
+            e for ex, _, body in self.published if ex == exchange for e in envelope.decode(envelope.Events, body).items
         ]
 
 
@@ -411,7 +401,7 @@ async def test_typing_is_dropped_not_retried_when_the_broker_cannot_take_it(writ
     assert dropped._value.get() == before + 1
     broker.fail = False  # the broker is back: the next typing goes out, the dropped one does not
     await checker.handle(typing)
-    assert [e.user_id for e in broker.typing()] == ["bob"]
+    assert [e.user_id for e in broker.events(topology.TYPING_EVENTS)] == ["bob"]
     assert dropped._value.get() == before + 1
 
 
