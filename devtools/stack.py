@@ -173,13 +173,11 @@ class Postgres:
                 stderr=subprocess.DEVNULL,
             )
 
-    def kill(self) -> None:
-        """Crash the postmaster (SIGKILL), as a test of recovery."""
-        pid_file = self.data / "postmaster.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
+    def crash(self) -> None:
+        """Stop as a crash would: every process quits at once, no shutdown checkpoint, and the next
+        start replays the WAL (``pg_ctl stop -m immediate``; a SIGKILL of the postmaster alone would
+        leave its backends holding the shared memory, and a new postmaster refuses to start)."""
+        self.stop("immediate")
 
 
 @dataclass
