@@ -70,6 +70,9 @@ class Service:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+# Closes after which a catch-up client reconnects: a service restart (1012), and a connection
+# that broke without a close frame (1006: its gateway crashed), as the contract asks of clients.
+RECONNECT_AFTER = (1006, 1012)
 CAUGHT_UP = "caught-up"  # the type the harness gives a message a client read over REST after a reconnect
 
 
@@ -85,8 +88,9 @@ class WsClient:
         self.violations: list[str] = []  # frames that do not match gateway/asyncapi.yaml
         self.changed = asyncio.Condition()
         self.closed_code: int | None = None
-        # set by System.connect(..., catch_up=True): after a 1012 (service restart) the client does
-        # what the contract asks, reconnects and catches up over REST; this returns the new socket
+        # set by System.connect(..., catch_up=True): after a 1012 (service restart) or a 1006 (its
+        # gateway crashed) the client does what the contract asks, reconnects (to any gateway that
+        # answers) and catches up over REST; this returns the new socket
         self.resume: Callable[[WsClient], Awaitable[aiohttp.ClientWebSocketResponse]] | None = None
         self.restarts = 0
         self._task = asyncio.create_task(self._read())
@@ -100,7 +104,7 @@ class WsClient:
                         self.violations += [f"{msg.data[:200]}: {p}" for p in problems("ServerFrame", self.frames[-1])]
                         self.arrived.append(asyncio.get_running_loop().time())
                         self.changed.notify_all()
-            if self.ws.close_code == 1012 and self.resume is not None:
+            if self.ws.close_code in RECONNECT_AFTER and self.resume is not None:
                 self.restarts += 1
                 self.ws = await self.resume(self)
                 continue
@@ -242,27 +246,31 @@ class System:
         """A socket for ``user``; with ``catch_up`` (needs the query service) a 1012 close makes the
         client reconnect and read what it missed over REST, as the contract asks of clients."""
         session = aiohttp.ClientSession()
-        url = f"{self.of('gateway')[gateway].url}/?Authorization={token_value or token(user)}"
+        gateways = self.of("gateway")
+        query = f"/?Authorization={token_value or token(user)}"
         try:
-            ws = await session.ws_connect(url)
+            ws = await session.ws_connect(gateways[gateway].url + query)
         except BaseException:
             await session.close()
             raise
         client = WsClient(ws, session, user)
-        if catch_up:
-            client.resume = functools.partial(self._resume, url)
+        if catch_up:  # its own gateway first, then the others, as a load balancer would
+            urls = [g.url + query for g in gateways[gateway:] + gateways[:gateway]]
+            client.resume = functools.partial(self._resume, urls)
         self.clients.append(client)
         return client
 
-    async def _resume(self, url: str, client: WsClient) -> aiohttp.ClientWebSocketResponse:
+    async def _resume(self, urls: list[str], client: WsClient) -> aiohttp.ClientWebSocketResponse:
         deadline = time.monotonic() + 120
+        attempt = 0
         while True:
             try:
-                ws = await client.session.ws_connect(url)
+                ws = await client.session.ws_connect(urls[attempt % len(urls)])
                 break
             except (aiohttp.ClientError, OSError):
                 if time.monotonic() > deadline:
                     raise
+                attempt += 1
                 await asyncio.sleep(0.5)
         # catch up: every conversation of the user, from the highest seq the client already has
         query, auth = self.of("query")[0].url, {"Authorization": token(client.user)}

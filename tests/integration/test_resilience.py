@@ -1,4 +1,5 @@
-"""Crashes and restarts: kill -9 of a writer and a notifier, RabbitMQ and Redis restarts, a Postgres crash.
+"""Crashes and restarts: kill -9 of a writer, a notifier and a gateway, RabbitMQ and Redis
+restarts, a Postgres crash.
 
 After each, every message whose echo reached its sender is stored exactly once, and every
 recipient that stayed connected received it (deduplicated by messageId).
@@ -256,4 +257,31 @@ async def test_postgres_crash_mid_stream_loses_nothing_and_repeats_nothing(syste
         mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
         assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(per_sender))
     for service in system.services:
+        assert service.proc.poll() is None, f"{service.name} died"
+
+
+async def test_a_gateway_killed_mid_stream_costs_its_clients_a_reconnect_and_nobody_a_message(system):
+    """kill -9 of one of two gateways while 8 senders stream: its clients' sockets break (1006),
+    they reconnect to the other gateway and catch up over REST, and resend what got no echo; the
+    clients of the surviving gateway notice nothing. Every echoed message is stored exactly once and
+    reaches every participant, in the order sent."""
+    await system.start_all(gateways=2, writers=1, notifiers=1, query=True)
+    pairs = await pairs_of(system, 8, "gw", catch_up=True)
+    per_sender = 120
+    senders = [asyncio.create_task(reliable_sender(s, cid, per_sender, f"{s.user}", 0.05)) for s, _, cid in pairs]
+
+    await wait_until(lambda: _at_least(system, 200), timeout=30)
+    system.of("gateway")[0].kill()
+
+    await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
+    await wait_all_received(pairs, per_sender, timeout=60)
+    assert await check_guarantees(system, pairs) == per_sender * len(pairs)
+    for i, (sender, receiver, _) in enumerate(pairs):  # pairs_of puts sender i on gateway i % 2
+        on_killed, on_survivor = (sender, receiver) if i % 2 == 0 else (receiver, sender)
+        assert on_killed.restarts >= 1
+        assert on_survivor.restarts == 0 and on_survivor.closed_code is None
+        mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
+        assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(per_sender))
+    alive = [s for s in system.services if s is not system.of("gateway")[0]]
+    for service in alive:
         assert service.proc.poll() is None, f"{service.name} died"
