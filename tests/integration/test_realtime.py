@@ -272,7 +272,11 @@ async def _close_code(reader: asyncio.StreamReader) -> int:
 
 async def test_a_client_that_cannot_keep_up_is_closed_with_1013(system):
     await system.start_all()
-    senders = [f"s{i}" for i in range(50)]
+    # 100 senders x 100 frames of 1 KB = 10 MB for "slow", who reads nothing: twice what the kernel
+    # (the gateway's send buffer autotunes up to tcp_wmem's 4 MB) and the gateway (64 KB in the
+    # transport, 1 MB held back) can hold together. With 50 senders (5 MB) the kernel sometimes took
+    # so much that the limit was never reached.
+    senders = [f"s{i}" for i in range(100)]
     conversations = [await system.conversation([s, "slow"]) for s in senders]
     reader, writer = await _raw_websocket(system.of("gateway")[0].port, "slow")
     clients = [await system.connect(s) for s in senders]
