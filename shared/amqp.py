@@ -45,6 +45,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from aiormq.abc import DeliveredMessage
 
+from .amqp_socket import CoalescingTransportFactory
 from .log import get_logger
 from .tasks import cancel_and_wait
 
@@ -440,11 +441,15 @@ async def _close(channel: AbstractChannel) -> None:
 
 
 def _ack_through(message: DeliveredMessage) -> Awaitable[None]:
-    """Ack ``message`` and every earlier one of its channel (``multiple``)."""
+    """Ack ``message`` and every earlier one of its channel (``multiple``).
+
+    Queued for the connection's writer without waiting for the socket write (``wait=False``), so
+    a batch's acks on its several channels leave in one write (shared/amqp_socket.py). An ack lost
+    with the connection is no loss: the broker redelivers, and every consumer is idempotent."""
     tag = message.delivery_tag
     if tag is None:  # only a basic.get-empty or a return has none; never a consumed message
         raise ValueError("a delivery without a delivery tag")
-    return message.channel.basic_ack(tag, multiple=True)
+    return message.channel.basic_ack(tag, multiple=True, wait=False)
 
 
 async def _settle(action: Awaitable[None]) -> None:
@@ -547,6 +552,16 @@ class PartitionGroup(Generic[T]):
         self._connection = None
 
 
+class _Connection(aio_pika.Connection):
+    """aio-pika's connection on a :class:`CoalescingTransportFactory` socket. ``aio_pika.connect``
+    turns its keyword arguments into URL parameters, so the factory is handed to aiormq here, in
+    the arguments aio-pika passes on to ``aiormq.connect``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kwargs["transport_factory"] = CoalescingTransportFactory()
+
+
 class Broker:
     """Supervises one AMQP connection: a confirmed publish channel plus the caller's consumers."""
 
@@ -606,7 +621,10 @@ class Broker:
             self._lost = asyncio.Event()
             try:
                 connection = await asyncio.wait_for(
-                    aio_pika.connect(self.url, client_properties={"connection_name": self.name}), 10
+                    aio_pika.connect(
+                        self.url, client_properties={"connection_name": self.name}, connection_class=_Connection
+                    ),
+                    10,
                 )
             except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                 log.warning("amqp_connect_failed", error=exc.__class__.__name__, retry_in=backoff)
