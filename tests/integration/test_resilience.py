@@ -11,8 +11,9 @@ import asyncio
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
-from ..harness import CAUGHT_UP, System, WsClient
+from ..harness import CAUGHT_UP, Service, System, WsClient
 
 
 async def all_stored(system: System) -> dict[str, dict]:
@@ -199,38 +200,59 @@ def consumers_per_queue(system: System) -> dict[str, int]:
     return {line.split()[0]: int(line.split()[1]) for line in out.strip().splitlines() if line.strip()}
 
 
+PER_SENDER = 120
+
+
+async def stream_through(
+    system: System, tag: str, outage: Callable[[], Awaitable[None]], *, catch_up: bool = False
+) -> list[tuple[WsClient, WsClient, uuid.UUID]]:
+    """Two gateways, 8 senders each resending as the contract asks (:func:`reliable_sender`),
+    ``outage`` once 200 messages are stored; then every guarantee is checked."""
+    await system.start_all(gateways=2, writers=1, notifiers=1, query=catch_up)
+    pairs = await pairs_of(system, 8, tag, catch_up=catch_up)
+    senders = [asyncio.create_task(reliable_sender(s, cid, PER_SENDER, s.user, 0.05)) for s, _, cid in pairs]
+    await wait_until(lambda: _at_least(system, 200), timeout=30)
+    await outage()
+    await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
+    await wait_all_received(pairs, PER_SENDER, timeout=60)
+    assert await check_guarantees(system, pairs) == PER_SENDER * len(pairs)
+    return pairs
+
+
+def assert_sent_order_kept(sender: WsClient) -> None:
+    mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
+    assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(PER_SENDER))
+
+
+def assert_running(services: list[Service]) -> None:
+    for service in services:
+        assert service.proc.poll() is None, f"{service.name} died"
+
+
 async def test_rabbitmq_then_redis_restart_mid_stream(system):
     """Deliveries to gateways are transient: a gateway that loses the broker closes its sockets
     with 1012, and clients that reconnect and catch up over REST (as the contract asks) miss nothing."""
-    await system.start_all(gateways=2, writers=1, notifiers=1, query=True)
-    pairs = await pairs_of(system, 8, "r", catch_up=True)
-    per_sender = 120
-    senders = [asyncio.create_task(reliable_sender(s, cid, per_sender, f"{s.user}", 0.05)) for s, _, cid in pairs]
 
-    await wait_until(lambda: _at_least(system, 200), timeout=30)
-    await asyncio.to_thread(system.stack.rabbitmq.stop)
-    await asyncio.sleep(1)
-    await asyncio.to_thread(system.stack.rabbitmq.start)
-    await wait_until(lambda: _at_least(system, 500), timeout=60)
+    async def outage() -> None:
+        await asyncio.to_thread(system.stack.rabbitmq.stop)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(system.stack.rabbitmq.start)
+        await wait_until(lambda: _at_least(system, 500), timeout=60)
 
-    # every queue has its consumer again (aio-pika #231 cannot bite: we reconnect from scratch)
-    async def consumers_back() -> bool:
-        queues = consumers_per_queue(system)
-        wanted = [q for q in queues if q.startswith(("chat.commands.", "chat.events.", "chat.gateway."))]
-        return len(wanted) == 4 + 4 + 2 and all(queues[q] >= 1 for q in wanted)
+        # every queue has its consumer again (aio-pika #231 cannot bite: we reconnect from scratch)
+        async def consumers_back() -> bool:
+            queues = consumers_per_queue(system)
+            wanted = [q for q in queues if q.startswith(("chat.commands.", "chat.events.", "chat.gateway."))]
+            return len(wanted) == 4 + 4 + 2 and all(queues[q] >= 1 for q in wanted)
 
-    await wait_until(consumers_back, timeout=30, interval=1)
+        await wait_until(consumers_back, timeout=30, interval=1)
+        await asyncio.to_thread(system.stack.redis.stop)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(system.stack.redis.start)
 
-    await asyncio.to_thread(system.stack.redis.stop)
-    await asyncio.sleep(1)
-    await asyncio.to_thread(system.stack.redis.start)
-
-    await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
-    await wait_all_received(pairs, per_sender, timeout=60)
-    assert await check_guarantees(system, pairs) == per_sender * len(pairs)
+    pairs = await stream_through(system, "r", outage, catch_up=True)
     assert all(client.restarts >= 1 for pair in pairs for client in pair[:2])  # each was told to reconnect
-    for service in system.services:
-        assert service.proc.poll() is None, f"{service.name} died"
+    assert_running(system.services)
 
 
 async def test_postgres_crash_mid_stream_loses_nothing_and_repeats_nothing(system):
@@ -238,26 +260,18 @@ async def test_postgres_crash_mid_stream_loses_nothing_and_repeats_nothing(syste
     messages flow. The gateways keep taking commands (the broker holds them), the writer retries its
     batch in place until Postgres is back, and clients that resend what got no echo in 5 s (the
     contract's retry) get their original message back, not a second one."""
-    await system.start_all(gateways=2, writers=1, notifiers=1)
-    pairs = await pairs_of(system, 8, "pg")
-    per_sender = 120
-    senders = [asyncio.create_task(reliable_sender(s, cid, per_sender, f"{s.user}", 0.05)) for s, _, cid in pairs]
 
-    await wait_until(lambda: _at_least(system, 200), timeout=30)
-    await asyncio.to_thread(system.stack.postgres.crash)
-    await asyncio.sleep(2)
-    await asyncio.to_thread(system.stack.postgres.start)
+    async def outage() -> None:
+        await asyncio.to_thread(system.stack.postgres.crash)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(system.stack.postgres.start)
 
-    await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
-    await wait_all_received(pairs, per_sender, timeout=60)
-    assert await check_guarantees(system, pairs) == per_sender * len(pairs)
+    pairs = await stream_through(system, "pg", outage)
     assert '"batch_retry"' in system.of("writer")[0].output()  # it did meet the outage, and waited it out in place
     for sender, receiver, _ in pairs:
         assert sender.closed_code is None and receiver.closed_code is None  # a database outage closes no socket
-        mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
-        assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(per_sender))
-    for service in system.services:
-        assert service.proc.poll() is None, f"{service.name} died"
+        assert_sent_order_kept(sender)
+    assert_running(system.services)
 
 
 async def test_a_gateway_killed_mid_stream_costs_its_clients_a_reconnect_and_nobody_a_message(system):
@@ -265,23 +279,15 @@ async def test_a_gateway_killed_mid_stream_costs_its_clients_a_reconnect_and_nob
     they reconnect to the other gateway and catch up over REST, and resend what got no echo; the
     clients of the surviving gateway notice nothing. Every echoed message is stored exactly once and
     reaches every participant, in the order sent."""
-    await system.start_all(gateways=2, writers=1, notifiers=1, query=True)
-    pairs = await pairs_of(system, 8, "gw", catch_up=True)
-    per_sender = 120
-    senders = [asyncio.create_task(reliable_sender(s, cid, per_sender, f"{s.user}", 0.05)) for s, _, cid in pairs]
 
-    await wait_until(lambda: _at_least(system, 200), timeout=30)
-    system.of("gateway")[0].kill()
+    async def outage() -> None:
+        system.of("gateway")[0].kill()
 
-    await asyncio.wait_for(asyncio.gather(*senders), timeout=240)
-    await wait_all_received(pairs, per_sender, timeout=60)
-    assert await check_guarantees(system, pairs) == per_sender * len(pairs)
+    pairs = await stream_through(system, "gw", outage, catch_up=True)
     for i, (sender, receiver, _) in enumerate(pairs):  # pairs_of puts sender i on gateway i % 2
         on_killed, on_survivor = (sender, receiver) if i % 2 == 0 else (receiver, sender)
         assert on_killed.restarts >= 1
         assert on_survivor.restarts == 0 and on_survivor.closed_code is None
-        mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
-        assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(per_sender))
-    alive = [s for s in system.services if s is not system.of("gateway")[0]]
-    for service in alive:
-        assert service.proc.poll() is None, f"{service.name} died"
+        assert_sent_order_kept(sender)
+    killed = system.of("gateway")[0]
+    assert_running([s for s in system.services if s is not killed])
