@@ -39,7 +39,7 @@ class CoalescingWriter(asyncio.StreamWriter):
         self._turn_loop = loop
         self._gathered: list[bytes] = []
         self._send_at: asyncio.Handle | None = None
-        self.sends = 0  # transport writes made (each a syscall, usually): what this saves is visible
+        self.sends = 0  # transport writes made, each usually one syscall (the unit tests count them)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._gathered.append(bytes(data))

@@ -243,8 +243,9 @@ class System:
     async def connect(
         self, user: str, gateway: int = 0, token_value: str | None = None, *, catch_up: bool = False
     ) -> WsClient:
-        """A socket for ``user``; with ``catch_up`` (needs the query service) a 1012 close makes the
-        client reconnect and read what it missed over REST, as the contract asks of clients."""
+        """A socket for ``user``; with ``catch_up`` (needs the query service) a 1012 close or a broken
+        socket (1006) makes the client reconnect and read what it missed over REST, as the contract
+        asks of clients."""
         session = aiohttp.ClientSession()
         gateways = self.of("gateway")
         query = f"/?Authorization={token_value or token(user)}"
