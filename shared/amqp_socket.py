@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiormq.connection import TransportFactory
+from aiormq.connection import DEFAULT_PORTS, TransportFactory
 from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
-DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}  # aiormq fills the port in first; this only satisfies the types
 STREAM_LIMIT = 2**16  # asyncio.open_connection's default buffer limit for the reader
 
 
@@ -87,7 +86,12 @@ class CoalescingTransportFactory(TransportFactory):
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             transport, _ = await loop.create_connection(
-                lambda: protocol, url.host or "localhost", url.port or DEFAULT_PORTS[url.scheme], ssl=ssl, **kwargs
+                # aiormq has filled the port in already; the fallbacks are aiormq's own defaults
+                lambda: protocol,
+                url.host or "localhost",
+                url.port or DEFAULT_PORTS[url.scheme],
+                ssl=ssl,
+                **kwargs,
             )
         except OSError as exc:  # as aiormq's own factories report it
             raise AMQPConnectionError(*exc.args) from exc

@@ -32,6 +32,13 @@ def echoes(client: WsClient) -> dict[str, dict]:
     }
 
 
+def assert_sent_order_kept(sender: WsClient, count: int) -> None:
+    """The sender's echoes, in seq order, are its messages 0..count-1 in the order it sent them
+    (tempMessageIds end in ``-<i>``)."""
+    mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
+    assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(count))
+
+
 def received_ids(client: WsClient) -> set[str]:
     """Messages the client has: delivered on its socket, or read over REST after a 1012 reconnect."""
     return {f["messageId"] for f in client.frames if f.get("type") in ("new-message", CAUGHT_UP)}
@@ -129,8 +136,7 @@ async def test_kill_9_a_writer_then_a_notifier_with_2000_messages_in_flight(syst
     assert '"batch_stored"' in writer1.output() and '"events_routed"' in notifier1.output()
     for sender, _, _ in wave1 + wave2:
         assert not sender.of_type("error")
-        mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
-        assert [int(f["tempMessageId"].split("-")[1]) for f in mine] == list(range(100))  # sent order kept
+        assert_sent_order_kept(sender, 100)
 
 
 async def test_sigterm_to_a_writer_under_load_finishes_its_batch_and_loses_nothing(system):
@@ -219,11 +225,6 @@ async def stream_through(
     return pairs
 
 
-def assert_sent_order_kept(sender: WsClient) -> None:
-    mine = sorted(echoes(sender).values(), key=lambda f: f["seq"])
-    assert [int(f["tempMessageId"].rsplit("-", 1)[1]) for f in mine] == list(range(PER_SENDER))
-
-
 def assert_running(services: list[Service]) -> None:
     for service in services:
         assert service.proc.poll() is None, f"{service.name} died"
@@ -270,7 +271,7 @@ async def test_postgres_crash_mid_stream_loses_nothing_and_repeats_nothing(syste
     assert '"batch_retry"' in system.of("writer")[0].output()  # it did meet the outage, and waited it out in place
     for sender, receiver, _ in pairs:
         assert sender.closed_code is None and receiver.closed_code is None  # a database outage closes no socket
-        assert_sent_order_kept(sender)
+        assert_sent_order_kept(sender, PER_SENDER)
     assert_running(system.services)
 
 
@@ -288,6 +289,6 @@ async def test_a_gateway_killed_mid_stream_costs_its_clients_a_reconnect_and_nob
         on_killed, on_survivor = (sender, receiver) if i % 2 == 0 else (receiver, sender)
         assert on_killed.restarts >= 1
         assert on_survivor.restarts == 0 and on_survivor.closed_code is None
-        assert_sent_order_kept(sender)
+        assert_sent_order_kept(sender, PER_SENDER)
     killed = system.of("gateway")[0]
     assert_running([s for s in system.services if s is not killed])

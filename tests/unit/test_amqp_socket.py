@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
 from shared.amqp_socket import CoalescingTransportFactory, CoalescingWriter
@@ -63,8 +64,6 @@ async def test_drain_and_close_send_what_is_gathered_at_once(pair) -> None:
 
 
 async def test_a_refused_connection_is_aiormqs_connection_error() -> None:
-    from aiormq.exceptions import AMQPConnectionError
-
     probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = probe.sockets[0].getsockname()[1]
     probe.close()
