@@ -154,13 +154,21 @@ async def reader(index: int, ws: aiohttp.ClientWebSocketResponse, stats: Stats) 
 
 
 async def run_step(
-    conns, conversations, size: int, rate: float, seconds: float, stats: Stats, typing: bool = False
+    conns,
+    conversations,
+    size: int,
+    rate: float,
+    seconds: float,
+    stats: Stats,
+    typing: bool = False,
+    chars: int = 100,
 ) -> dict:
     users = len(conns)
     per_user_interval = users / rate
     sent = 0
     start_delivered = stats.delivered
     start_typing = stats.typing
+    content = "x" * chars
     typing_frames = {
         cid: msgspec.json.encode({"action": "typing", "conversationId": cid}).decode() for cid in conversations
     }
@@ -197,7 +205,7 @@ async def run_step(
             stats.sent_at[temp_id] = time.perf_counter_ns()
             await ws.send_str(
                 msgspec.json.encode(
-                    {"action": "send-message", "tempMessageId": temp_id, "conversationId": cid, "content": "x" * 40}
+                    {"action": "send-message", "tempMessageId": temp_id, "conversationId": cid, "content": content}
                 ).decode()
             )
             sent += 1
@@ -357,7 +365,8 @@ async def main_async(args: argparse.Namespace) -> None:
             rates = [float(r) for r in args.step.split(",")] if args.step else [args.rate]
             best = None
             print(
-                f"# {args.users} users, conversations of {args.size}, {args.gateways} gateway(s), "
+                f"# {args.users} users, conversations of {args.size}, messages of {args.chars} characters, "
+                f"{args.gateways} gateway(s), "
                 f"{args.writers} writer(s), {args.notifiers} notifier(s), {args.seconds}s per step; "
                 f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
                 flush=True,
@@ -387,7 +396,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 cpu_before, hops_before = cpu.sample(groups), await hops(session, ports, gateway_ports)
                 generator_before = time.process_time()
                 generator_stalls.take()
-                result = await run_step(conns, conversations, args.size, rate, args.seconds, stats, args.typing)
+                result = await run_step(
+                    conns, conversations, args.size, rate, args.seconds, stats, args.typing, args.chars
+                )
                 cpu_after, hops_after = cpu.sample(groups), await hops(session, ports, gateway_ports)
                 generator = time.process_time() - generator_before
                 lag, gc_pause = generator_stalls.take()
@@ -468,6 +479,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500, help="messages per second, in total")
     parser.add_argument("--step", help="comma-separated rates to try in turn (step mode)")
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument(
+        "--chars", type=int, default=100, help="characters per message (issue 11's scenario: 100; until 2026-11-29: 40)"
+    )
     parser.add_argument("--gateways", type=int, default=1)
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
