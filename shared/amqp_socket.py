@@ -76,7 +76,12 @@ class CoalescingWriter(asyncio.StreamWriter):
 
 
 class CoalescingTransportFactory(TransportFactory):
-    """aiormq's TCP (``amqp://``) and TLS (``amqps://``) connection, with a :class:`CoalescingWriter`."""
+    """aiormq's TCP (``amqp://``) and TLS (``amqps://``) connection, with a :class:`CoalescingWriter`.
+
+    It opens the connection itself, as aiormq's ``TCPTransportFactory`` and ``TLSTransportFactory``
+    do, rather than wrapping the writer one of those returns: a second StreamWriter on the same
+    transport would leave the first to the collector, and ``StreamWriter.__del__`` closes a
+    transport that is still open."""
 
     async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         provider = kwargs.pop("ssl_context_provider", None)

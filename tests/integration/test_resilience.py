@@ -206,6 +206,13 @@ def consumers_per_queue(system: System) -> dict[str, int]:
     return {line.split()[0]: int(line.split()[1]) for line in out.strip().splitlines() if line.strip()}
 
 
+async def every_queue_consumed(system: System) -> bool:
+    """4 command and 4 event partitions and 2 gateway queues exist, each with a consumer."""
+    queues = consumers_per_queue(system)
+    wanted = [q for q in queues if q.startswith(("chat.commands.", "chat.events.", "chat.gateway."))]
+    return len(wanted) == 4 + 4 + 2 and all(queues[q] >= 1 for q in wanted)
+
+
 PER_SENDER = 120
 
 
@@ -239,14 +246,8 @@ async def test_rabbitmq_then_redis_restart_mid_stream(system):
         await asyncio.sleep(1)
         await asyncio.to_thread(system.stack.rabbitmq.start)
         await wait_until(lambda: _at_least(system, 500), timeout=60)
-
         # every queue has its consumer again (aio-pika #231 cannot bite: we reconnect from scratch)
-        async def consumers_back() -> bool:
-            queues = consumers_per_queue(system)
-            wanted = [q for q in queues if q.startswith(("chat.commands.", "chat.events.", "chat.gateway."))]
-            return len(wanted) == 4 + 4 + 2 and all(queues[q] >= 1 for q in wanted)
-
-        await wait_until(consumers_back, timeout=30, interval=1)
+        await wait_until(lambda: every_queue_consumed(system), timeout=30, interval=1)
         await asyncio.to_thread(system.stack.redis.stop)
         await asyncio.sleep(1)
         await asyncio.to_thread(system.stack.redis.start)
