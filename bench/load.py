@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -241,6 +242,65 @@ async def run_step(
 WORK_METRIC = {"writer": "chat_messages_stored_total", "notifier": "chat_frames_routed_total"}
 
 
+PEER_PORT = 26501
+
+
+async def start_services(
+    env: dict[str, str],
+    args: argparse.Namespace,
+    state: Path,
+    procs: list,
+    gateway_ports: list[int],
+    ports: dict[str, list[int]],
+) -> None:
+    port = 26500
+    for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
+        for _ in range(count):
+            port += 1
+            procs.append(spawn_service(name, {**env, "CHAT_PORT": str(port)}, state / f"{name}-{port}.log"))
+            if name == "gateway":
+                gateway_ports.append(port)
+            else:
+                ports[name].append(port)
+    for p, proc in zip(range(26501, port + 1), procs):
+        await wait_ready(f"http://127.0.0.1:{p}", proc=proc)
+
+
+async def start_peer(stack, state: Path, procs: list, conn_max_age: int) -> None:
+    """bench/peer's table in the same private Postgres, then one daphne serving it."""
+    env = {
+        **os.environ,
+        "PEER_DB_PORT": str(stack.postgres.port),
+        "PEER_CONN_MAX_AGE": str(conn_max_age),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    subprocess.run([sys.executable, "-m", "bench.peer"], env=env, check=True)
+    with open(state / "daphne.log", "ab") as log:
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(PEER_PORT), "bench.peer.asgi:application"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    await wait_ready(f"http://127.0.0.1:{PEER_PORT}", proc=procs[-1])
+
+
+async def create_conversations(dsn: str, users: list[str], conversations: list[str]) -> None:
+    conn = await asyncpg.connect(dsn)
+    size = len(users) // len(conversations)
+    for g, cid in enumerate(conversations):
+        members = users[g * size : (g + 1) * size]
+        await conn.execute(
+            "INSERT INTO conversations (id, title, is_group, created_by) VALUES ($1,'b',true,$2)", cid, members[0]
+        )
+        await conn.executemany(
+            "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)", [(cid, m) for m in members]
+        )
+    await conn.close()
+
+
 async def work_done(session: aiohttp.ClientSession, ports: dict[str, list[int]]) -> dict[str, list[float]]:
     """Each writer's stored messages and each notifier's routed frames so far, from /metrics."""
     out: dict[str, list[float]] = {}
@@ -271,9 +331,10 @@ def cpu_groups(stack, procs) -> dict[str, list[int]]:
     for proc in procs:
         name = Path(proc.args[0]).name.removeprefix("chat-")
         groups.setdefault(name, []).append(proc.pid)
-    groups["rabbitmq"] = [stack.rabbitmq.proc.pid]
+    if "daphne" not in groups:  # the peer uses Postgres alone
+        groups["rabbitmq"] = [stack.rabbitmq.proc.pid]
+        groups["redis"] = [stack.redis.proc.pid]
     groups["postgres"] = [cpu.postmaster_pid(stack.postgres.data)]
-    groups["redis"] = [stack.redis.proc.pid]
     return groups
 
 
@@ -282,7 +343,7 @@ async def hops(
 ) -> dict[str, tuple[float, float]]:
     """(sum, count) of each hop-latency histogram, over every replica."""
     pages = []
-    for port in [*ports["writer"], *ports["notifier"], *gateway_ports]:
+    for port in [*ports.get("writer", []), *ports.get("notifier", []), *gateway_ports]:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             pages.append(await response.text())
     return {
@@ -318,54 +379,39 @@ async def main_async(args: argparse.Namespace) -> None:
             "CHAT_LOG_LEVEL": "warning",
             "CHAT_PARTITIONS": str(args.partitions),
         }
-        gateway_ports = []
-        ports: dict[str, list[int]] = {"writer": [], "notifier": []}
-        port = 26500
-        for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
-            for _ in range(count):
-                port += 1
-                procs.append(spawn_service(name, {**env, "CHAT_PORT": str(port)}, state / f"{name}-{port}.log"))
-                if name == "gateway":
-                    gateway_ports.append(port)
-                else:
-                    ports[name].append(port)
-        for p, proc in zip(range(26501, port + 1), procs):
-            await wait_ready(f"http://127.0.0.1:{p}", proc=proc)
+        gateway_ports: list[int] = []
+        ports: dict[str, list[int]] = {} if args.peer else {"writer": [], "notifier": []}
+        if args.peer:
+            await start_peer(stack, state, procs, args.peer_conn_max_age)
+        else:
+            await start_services(env, args, state, procs, gateway_ports, ports)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             users = [f"u{i}" for i in range(args.users)]
-            conversations = []
-            conn = await asyncpg.connect(dsn)
-            for g in range(0, len(users), args.size):
-                cid = uuid.uuid4()
-                members = users[g : g + args.size]
-                await conn.execute(
-                    "INSERT INTO conversations (id, title, is_group, created_by) VALUES ($1,'b',true,$2)",
-                    cid,
-                    members[0],
-                )
-                await conn.executemany(
-                    "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)", [(cid, m) for m in members]
-                )
-                conversations.append(str(cid))
-            await conn.close()
-
-            stats = Stats()
+            conversations = [str(uuid.uuid4()) for _ in range(0, len(users), args.size)]
+            if not args.peer:
+                await create_conversations(dsn, users, conversations)
             conns = []
             for i, user in enumerate(users):
-                gw = gateway_ports[i % len(gateway_ports)]
-                ws = await session.ws_connect(
-                    f"http://127.0.0.1:{gw}/?Authorization={mint(SECRET, user)}", max_msg_size=0
-                )
-                conns.append(ws)
+                if args.peer:
+                    url = f"http://127.0.0.1:{PEER_PORT}/ws/chat/{conversations[i // args.size]}/?user={user}"
+                else:
+                    gw = gateway_ports[i % len(gateway_ports)]
+                    url = f"http://127.0.0.1:{gw}/?Authorization={mint(SECRET, user)}"
+                conns.append(await session.ws_connect(url, max_msg_size=0))
+            stats = Stats()
             readers = [asyncio.create_task(reader(i, ws, stats)) for i, ws in enumerate(conns)]
-            await asyncio.sleep(13)  # the registry is trusted after one full lease-refresh interval
+            await asyncio.sleep(2 if args.peer else 13)  # the registry is trusted after one full lease-refresh interval
 
             rates = [float(r) for r in args.step.split(",")] if args.step else [args.rate]
             best = None
             print(
                 f"# {args.users} users, conversations of {args.size}, messages of {args.chars} characters, "
-                f"{args.gateways} gateway(s), "
-                f"{args.writers} writer(s), {args.notifiers} notifier(s), {args.seconds}s per step; "
+                + (
+                    f"the peer (Django Channels' tutorial, ORM save, CONN_MAX_AGE {args.peer_conn_max_age}, one daphne), "
+                    if args.peer
+                    else f"{args.gateways} gateway(s), {args.writers} writer(s), {args.notifiers} notifier(s), "
+                )
+                + f"{args.seconds}s per step; "
                 f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
                 flush=True,
             )
@@ -437,20 +483,25 @@ async def main_async(args: argparse.Namespace) -> None:
                     flush=True,
                 )
                 print(
-                    "      mean ms: since the gateway accepted it, "
-                    + hop_report(hops_before, hops_after)
-                    + f"; generator's own longest loop lag {1000 * lag:.0f} ms, GC pause {1000 * gc_pause:.0f} ms",
+                    "      "
+                    + (
+                        ""
+                        if args.peer
+                        else "mean ms: since the gateway accepted it, " + hop_report(hops_before, hops_after) + "; "
+                    )
+                    + f"generator's own longest loop lag {1000 * lag:.0f} ms, GC pause {1000 * gc_pause:.0f} ms",
                     flush=True,
                 )
                 now = await work_done(session, ports)
-                print(
-                    "      work split: "
-                    + "; ".join(
-                        f"{name}s " + " / ".join(f"{share:.0%}" for share in shares(work[name], now[name]))
-                        for name in ports
-                    ),
-                    flush=True,
-                )
+                if ports:
+                    print(
+                        "      work split: "
+                        + "; ".join(
+                            f"{name}s " + " / ".join(f"{share:.0%}" for share in shares(work[name], now[name]))
+                            for name in ports
+                        ),
+                        flush=True,
+                    )
                 work = now
                 ok = result["p99_ms"] <= 200 and result["lost"] == 0 and not result["errors"]
                 if ok:
@@ -496,6 +547,17 @@ def main() -> None:
         help='each send is preceded by a "typing" frame for its conversation, half the interval between a '
         "user's sends before it (at most 1 s), as a client sends them; the gateway passes one per "
         "conversation per second per socket",
+    )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="measure the peer instead (bench/peer: Django Channels' chat tutorial saving each message with the ORM)",
+    )
+    parser.add_argument(
+        "--peer-conn-max-age",
+        type=int,
+        default=0,
+        help="the peer's Django CONN_MAX_AGE: 0 (Django's default) opens a Postgres connection per message",
     )
     parser.add_argument("--keep-going", action="store_true", help="step mode: run every rate, even after one fails")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
