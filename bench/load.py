@@ -323,6 +323,19 @@ HOPS = (
     ("event confirm", "chat_amqp_publish_seconds", 'exchange="chat.events"'),
     ("delivery confirm", "chat_amqp_publish_seconds", 'exchange="chat.deliveries"'),
 )
+SIZES = (
+    ("commands per flush", "chat_gateway_flush_commands", ""),
+    ("per writer batch", "chat_writer_batch_commands", ""),
+)
+# How the work is batched: AMQP messages published a second on each hop (the counts of the confirm
+# histograms above) and the commands in each gateway flush and writer batch. At low rates every hop
+# carries one message; the CPU per message falls as these grow.
+RATES = (
+    ("commands published/s", "command confirm"),
+    ("events/s", "event confirm"),
+    ("deliveries/s", "delivery confirm"),
+    ("notifier batches/s", "notifier batch"),
+)
 
 
 def cpu_groups(stack, procs) -> dict[str, list[int]]:
@@ -341,7 +354,7 @@ def cpu_groups(stack, procs) -> dict[str, list[int]]:
 async def hops(
     session: aiohttp.ClientSession, ports: dict[str, list[int]], gateway_ports: list[int]
 ) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each hop-latency histogram, over every replica."""
+    """(sum, count) of each hop-latency and batch-size histogram, over every replica."""
     pages = []
     for port in [*ports.get("writer", []), *ports.get("notifier", []), *gateway_ports]:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
@@ -351,8 +364,18 @@ async def hops(
             sum(metric_sum(t, f"{name}_sum", label) for t in pages),
             sum(metric_sum(t, f"{name}_count", label) for t in pages),
         )
-        for hop, name, label in HOPS
+        for hop, name, label in (*HOPS, *SIZES)
     }
+
+
+def batching_report(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], seconds: float
+) -> str:
+    parts = [f"{label} {(after[hop][1] - before[hop][1]) / seconds:.0f}" for label, hop in RATES]
+    for label, _, _ in SIZES:
+        total, count = after[label][0] - before[label][0], after[label][1] - before[label][1]
+        parts.append(f"{label} {total / count:.1f}" if count else f"{label} -")
+    return ", ".join(parts)
 
 
 def hop_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> str:
@@ -492,6 +515,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     + f"generator's own longest loop lag {1000 * lag:.0f} ms, GC pause {1000 * gc_pause:.0f} ms",
                     flush=True,
                 )
+                if not args.peer:
+                    print("      batching: " + batching_report(hops_before, hops_after, wall), flush=True)
                 now = await work_done(session, ports)
                 if ports:
                     print(
