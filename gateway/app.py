@@ -84,7 +84,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         verifier=TokenVerifier(settings.jwt),
         registry=Registry(redis),
         broker=broker,
-        publisher=CommandPublisher(broker, settings.partitions),
+        publisher=CommandPublisher(broker, settings.partitions, linger=settings.flush_linger_ms / 1000),
         hub=hub,
     )
     app[GATEWAY] = gw

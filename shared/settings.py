@@ -42,11 +42,13 @@ VARIABLES: dict[str, str] = {
     "CHAT_RATE_TYPING": "typing per user: per-second rate:burst; extra typing frames are dropped (default 5:20)",
     "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
     "CHAT_OTLP_ENDPOINT": "OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export one trace per message to; unset: tracing off",
+    "CHAT_FLUSH_LINGER_MS": "gateway: the longest it holds commands to batch them under load, 0..1000 ms: nothing at 200 commands/s or less, rising to this at 1,000/s; 0 never holds (default 30)",
     "CHAT_DB_STATEMENT_CACHE": "prepared statements cached per database connection, 0..10000 (default 100; 0 behind a pgbouncer older than 1.21 in transaction mode)",
     "CHAT_LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
 DEFAULT_PARTITIONS = 4
+DEFAULT_FLUSH_LINGER_MS = 30  # gateway/publisher.py; docs/benchmarks.md, "Eighth session"
 DEFAULT_PORTS = {"gateway": 8080, "query": 8081, "writer": 8082, "notifier": 8083}
 SYMMETRIC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
@@ -115,6 +117,7 @@ class Settings(Common):
     dev_login: bool = False
     limits: Limits = Limits()
     web_gateways: tuple[str, ...] = ()
+    flush_linger_ms: int = DEFAULT_FLUSH_LINGER_MS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +126,7 @@ class GatewaySettings(Common):
     redis_url: str
     jwt: JwtSettings
     limits: Limits
+    flush_linger_ms: int = DEFAULT_FLUSH_LINGER_MS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +348,9 @@ def load(
         dev_login=dev_login,
         limits=_limits(env) if service == "gateway" else Limits(),
         web_gateways=_web_gateways(env) if service == "query" else (),
+        flush_linger_ms=_int(env, "CHAT_FLUSH_LINGER_MS", DEFAULT_FLUSH_LINGER_MS, 0, 1000)
+        if service == "gateway"
+        else DEFAULT_FLUSH_LINGER_MS,
         ops_port=_int(env, "CHAT_OPS_PORT", 0, 0, 65535),
         otlp_endpoint=_url(env, "CHAT_OTLP_ENDPOINT", ("http", "https"), required=False),
         db_statement_cache=_int(env, "CHAT_DB_STATEMENT_CACHE", 100, 0, 10_000) if database else 100,
@@ -380,6 +387,7 @@ def load_gateway(env: Mapping[str, str] | None = None) -> GatewaySettings:
         redis_url=_present(s.redis_url),
         jwt=_present(s.jwt),
         limits=s.limits,
+        flush_linger_ms=s.flush_linger_ms,
     )
 
 

@@ -1,12 +1,14 @@
-"""The gateway's command publisher: memory stays bounded while the broker cannot take commands, and
-typing takes its own transient path."""
+"""The gateway's command publisher: memory stays bounded while the broker cannot take commands,
+typing takes its own transient path, and under load flushes linger to carry more commands."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
-from gateway.publisher import CommandPublisher
+import pytest
+
+from gateway.publisher import CommandPublisher, Pace, linger
 from shared import envelope, topology
 from shared.amqp import Unavailable
 from shared.envelope import Origin, ReadMessages, StartTyping
@@ -89,3 +91,60 @@ async def test_typing_the_broker_refuses_is_dropped_quietly_and_commands_still_g
     await _flush(broker, [(_typing(uuid.uuid4()), failures.append), (read, failures.append)])
     assert [p[2] for p in broker.published] == [[read]]
     assert failures == []  # nobody is told "unavailable" for typing
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [(0, 0.0), (150, 0.0), (200, 0.0), (600, 0.015), (1000, 0.03), (5000, 0.03)],
+)
+def test_the_linger_is_none_at_low_rates_and_grows_to_its_most_under_load(rate, expected):
+    assert linger(rate, 0.03) == pytest.approx(expected)
+
+
+def test_pace_measures_the_rate_per_window_and_holds_a_flush_only_under_load():
+    pace = Pace(0.03)
+    assert pace.hold(0.0) == 0.0  # nothing flushed yet
+    t = 0.0
+    for _ in range(60):  # 1,200 commands a second, 20 each 1/60 s
+        pace.flushed(t, 20)
+        t += 1 / 60
+    assert pace.rate == pytest.approx(1200, rel=0.05)
+    assert pace.hold(pace.last + 0.001) == pytest.approx(0.029)
+    assert pace.hold(pace.last + 0.05) == 0.0  # the linger has passed since the last flush began
+    assert pace.hold(t + 2.0) == 0.0  # after a pause the first flush goes at once
+    pace.flushed(t + 2.0, 1)
+    pace.flushed(t + 2.6, 1)  # and the next window's rate is the quiet one: no linger
+    assert pace.rate < 200 and pace.hold(pace.last) == 0.0
+    assert Pace(0.0).hold(0.0) == 0.0
+
+
+async def _sent_at(rate: float, seconds: float, linger_s: float) -> list[tuple[str, str, list[envelope.Command], bool]]:
+    """Submit reads at ``rate`` a second for ``seconds`` (a tick every 10 ms); what the broker got."""
+    broker = RecordingBroker()
+    publisher = CommandPublisher(broker, partitions=1, linger=linger_s)  # type: ignore[arg-type]
+    publisher.start()
+    per_tick = rate / 100
+    cid = uuid.uuid4()
+    owed = 0.0
+    try:
+        for tick in range(int(seconds * 100)):
+            owed += per_tick
+            while owed >= 1:
+                owed -= 1
+                publisher.submit(ReadMessages(user_id=f"u{tick}", conversation_id=cid, origin=Origin("g", "c")))
+            await asyncio.sleep(0.01)
+    finally:
+        await publisher.close()
+    return broker.published
+
+
+async def test_under_load_flushes_carry_many_commands_in_order_and_at_low_rates_each_goes_alone():
+    busy = await _sent_at(2000, 1.5, 0.1)
+    eager = await _sent_at(2000, 1.5, 0.0)
+    users = [c.user_id for p in busy for c in p[2]]
+    assert users == [c.user_id for p in eager for c in p[2]]  # every command once, in the order submitted
+    assert len(users) == 3000 and len(busy) <= len(eager) / 2
+    late = [len(p[2]) for p in busy[-5:-1]]  # after the first window: 0.1 s apart, ~200 each (the last: a rest)
+    assert min(late) >= 100
+    quiet = await _sent_at(50, 1.0, 0.1)  # 50 a second: below the linger's threshold
+    assert sum(len(p[2]) for p in quiet) == 50 and len(quiet) >= 40  # one flush each, held for none

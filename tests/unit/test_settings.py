@@ -37,6 +37,8 @@ def test_instance_ids_are_unique_by_default():
         ({"CHAT_PORT": "eighty"}, {}, "CHAT_PORT"),
         ({"CHAT_PORT": "70000"}, {}, "CHAT_PORT"),
         ({"CHAT_PARTITIONS": "0"}, {}, "CHAT_PARTITIONS"),
+        ({"CHAT_FLUSH_LINGER_MS": "1001"}, {}, "CHAT_FLUSH_LINGER_MS"),
+        ({"CHAT_FLUSH_LINGER_MS": "-1"}, {}, "CHAT_FLUSH_LINGER_MS"),
         ({"CHAT_LOG_LEVEL": "loud"}, {}, "CHAT_LOG_LEVEL"),
         ({"CHAT_INSTANCE_ID": "has space"}, {}, "CHAT_INSTANCE_ID"),
         ({"CHAT_ALLOWED_ORIGINS": "example.com"}, {}, "CHAT_ALLOWED_ORIGINS"),
@@ -129,6 +131,7 @@ def test_each_service_gets_its_settings_with_what_it_needs_simply_there():
         "cognito:username",
     )
     assert gateway.limits.max_connections_per_user == 10
+    assert (gateway.flush_linger_ms, load_gateway({**BASE, "CHAT_FLUSH_LINGER_MS": "0"}).flush_linger_ms) == (30, 0)
     writer = load_writer(BASE)
     assert (writer.database_url, writer.amqp_url, writer.redis_url) == (
         BASE["CHAT_DATABASE_URL"],
