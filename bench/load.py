@@ -10,7 +10,8 @@ evenly over the users. Latency is measured from just before a send to the arriva
     python -m bench.load --users 500 --size 5 --step 250,500,1000,2000,3000 --seconds 15
 
 Step mode runs each rate in turn and reports the highest one that kept p99 <= 200 ms with
-nothing lost.
+nothing lost. ``--peer`` measures the peer of issue 11 instead (bench/peer: Django Channels'
+chat tutorial saving each message through the ORM, one daphne process; the ``peer`` extra).
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ async def run_step(
     users = len(conns)
     per_user_interval = users / rate
     sent = 0
+    expected = 0  # frames: one per member of each message's conversation
     start_delivered = stats.delivered
     start_typing = stats.typing
     content = "x" * chars
@@ -183,7 +185,7 @@ async def run_step(
     deadline = started + seconds
 
     async def sender(i: int) -> None:
-        nonlocal sent
+        nonlocal sent, expected
         ws = conns[i]
         cid = conversations[i // size]
         next_at = started + random.random() * per_user_interval
@@ -210,11 +212,11 @@ async def run_step(
                 ).decode()
             )
             sent += 1
+            expected += min(size, users - i // size * size)  # the last conversation may be smaller
             next_at += per_user_interval
 
     await asyncio.gather(*(sender(i) for i in range(users)))
     send_seconds = time.perf_counter() - started
-    expected = sent * size
     drain_deadline = time.perf_counter() + 10
     while stats.delivered - start_delivered < expected and time.perf_counter() < drain_deadline:
         await asyncio.sleep(0.05)
@@ -287,9 +289,9 @@ async def start_peer(stack, state: Path, procs: list, conn_max_age: int) -> None
     await wait_ready(f"http://127.0.0.1:{PEER_PORT}", proc=procs[-1])
 
 
-async def create_conversations(dsn: str, users: list[str], conversations: list[str]) -> None:
+async def create_conversations(dsn: str, users: list[str], conversations: list[str], size: int) -> None:
+    """Users in order, ``size`` to a conversation (the last may be smaller), as the senders pick them."""
     conn = await asyncpg.connect(dsn)
-    size = len(users) // len(conversations)
     for g, cid in enumerate(conversations):
         members = users[g * size : (g + 1) * size]
         await conn.execute(
@@ -412,7 +414,7 @@ async def main_async(args: argparse.Namespace) -> None:
             users = [f"u{i}" for i in range(args.users)]
             conversations = [str(uuid.uuid4()) for _ in range(0, len(users), args.size)]
             if not args.peer:
-                await create_conversations(dsn, users, conversations)
+                await create_conversations(dsn, users, conversations, args.size)
             conns = []
             for i, user in enumerate(users):
                 if args.peer:
