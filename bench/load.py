@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import os
 import platform
 import random
@@ -589,6 +590,13 @@ def main() -> None:
     parser.add_argument("--keep-going", action="store_true", help="step mode: run every rate, even after one fails")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()
+    if args.peer:
+        if importlib.util.find_spec("channels") is None or not (BIN / "daphne").exists():
+            parser.error("--peer needs the peer extra: pip install -e '.[peer]'")
+        if args.typing or (args.gateways, args.writers, args.notifiers) != (1, 1, 1):
+            parser.error(
+                "--peer is one daphne process without typing: drop --typing, --gateways, --writers, --notifiers"
+            )
     install_uvloop()
     tune_gc()  # the generator's own collector would add its pauses to the latencies it measures
     asyncio.run(main_async(args))
