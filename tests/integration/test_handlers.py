@@ -18,6 +18,7 @@ import yaml
 from notifier.app import Notifier, TypingRouter
 from shared import envelope, topology
 from shared.amqp import Backoff, Broker, Poison, Retryable, Unavailable, Unroutable, isolate
+from shared.amqp_socket import CoalescingTransportFactory
 from shared.db import Database
 from shared.envelope import Origin, ReadMessages, SendMessage, StartTyping
 from shared.registry import Registry
@@ -289,6 +290,30 @@ async def test_broker_publish_confirms_marks_and_reports_an_unroutable_message(s
     finally:
         await connection.close()
         await broker.close()
+
+
+async def test_the_broker_connection_writes_through_the_coalescing_socket(stack, monkeypatch):
+    """shared/amqp.py hands our socket factory to aiormq through aio-pika's connection arguments, a
+    path neither library documents: if an upgrade drops it, the services still work but every
+    frame costs a write again (docs/benchmarks.md, "Sixth session"). This says so loudly."""
+    created = []
+    original = CoalescingTransportFactory.create
+
+    async def counting(self, *args, **kwargs):
+        created.append(args[0])
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoalescingTransportFactory, "create", counting)
+    vhost = f"socket-{uuid.uuid4().hex[:8]}"
+    stack.rabbitmq.add_vhost(vhost)
+    broker = Broker(stack.rabbitmq.url(vhost), name="test")
+    broker.start()
+    try:
+        await asyncio.wait_for(broker.connected.wait(), 30)
+        await broker.publish("", "nobody-listens", b"{}")  # a confirmed publish over that socket
+    finally:
+        await broker.close()
+    assert len(created) == 1 and created[0].port == stack.rabbitmq.port
 
 
 async def test_typing_is_checked_and_passed_on_transient_and_never_stored(writer_db):
