@@ -245,7 +245,8 @@ async def run_step(
 WORK_METRIC = {"writer": "chat_messages_stored_total", "notifier": "chat_frames_routed_total"}
 
 
-PEER_PORT = 26501
+FIRST_PORT = 26501  # the first service's port, the rest follow it
+PEER_PORT = FIRST_PORT  # the peer runs instead of the services, never beside them
 
 
 async def start_services(
@@ -256,16 +257,15 @@ async def start_services(
     gateway_ports: list[int],
     ports: dict[str, list[int]],
 ) -> None:
-    port = 26500
+    started = []
+    port = FIRST_PORT
     for name, count in (("writer", args.writers), ("notifier", args.notifiers), ("gateway", args.gateways)):
         for _ in range(count):
-            port += 1
             procs.append(spawn_service(name, {**env, "CHAT_PORT": str(port)}, state / f"{name}-{port}.log"))
-            if name == "gateway":
-                gateway_ports.append(port)
-            else:
-                ports[name].append(port)
-    for p, proc in zip(range(26501, port + 1), procs):
+            started.append((port, procs[-1]))  # in procs at once: the caller stops whatever started
+            (gateway_ports if name == "gateway" else ports[name]).append(port)
+            port += 1
+    for p, proc in started:
         await wait_ready(f"http://127.0.0.1:{p}", proc=proc)
 
 
