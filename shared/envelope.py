@@ -81,6 +81,9 @@ class MessageStored(msgspec.Struct, tag="message-stored", tag_field="type", froz
 
 
 class ReadUpdated(msgspec.Struct, tag="read-updated", tag_field="type", frozen=True):
+    """A reader's pointer: the reader's connections get ``read-messages``, the other ``participants``
+    a ``read-receipt``. A read that moved nothing names the reader alone: only the answer is owed."""
+
     conversation_id: uuid.UUID
     user_id: str
     last_read_seq: int

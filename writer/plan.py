@@ -76,10 +76,10 @@ class Plan:
         return bool(self.new_messages or self.read_to)
 
     def resolved(self, pointers: Mapping[tuple[uuid.UUID, str], int]) -> list[Event]:
-        """The events, each ReadUpdated given the pointer the write returned."""
+        """The events, each ReadUpdated that moved a pointer given the pointer the write returned."""
         return [
             msgspec.structs.replace(e, last_read_seq=pointers[(e.conversation_id, e.user_id)])
-            if isinstance(e, ReadUpdated)
+            if isinstance(e, ReadUpdated) and e.last_read_seq == UNRESOLVED
             else e
             for e in self.events
         ]
@@ -168,8 +168,16 @@ def plan(
             out.stored += 1
         elif isinstance(cmd, ReadMessages):
             key = (cid, cmd.user_id)
-            if last_seq[cid] <= max(conversation.read.get(cmd.user_id, 0), out.read_to.get(key, 0)):
-                continue  # nothing new to read: no write, no receipt to anybody
+            read = max(conversation.read.get(cmd.user_id, 0), out.read_to.get(key, 0))
+            if last_seq[cid] <= read:
+                # nothing new to read: no write and no receipt to the others, but the reader's
+                # connections are still answered with where they stand (PageNow answered every read)
+                out.events.append(
+                    ReadUpdated(
+                        conversation_id=cid, user_id=cmd.user_id, last_read_seq=read, participants=[cmd.user_id]
+                    )
+                )
+                continue
             out.read_to[key] = last_seq[cid]
             out.events.append(
                 ReadUpdated(conversation_id=cid, user_id=cmd.user_id, last_read_seq=UNRESOLVED, participants=members)

@@ -375,7 +375,9 @@ async def test_a_writer_reads_a_conversation_once_and_then_acts_on_what_it_remem
         (1, "alice"),
         (2, "bob"),
     ]
-    assert [e.last_read_seq for e in fake.events() if isinstance(e, envelope.ReadUpdated)] == [2]
+    # the read that moved the pointer goes to everyone; the repeated one is answered to alice alone
+    reads_announced = [e for e in fake.events() if isinstance(e, envelope.ReadUpdated)]
+    assert [(e.last_read_seq, e.participants) for e in reads_announced] == [(2, ["alice", "bob"]), (2, ["alice"])]
     writer.known.clear()  # as when its partitions change: the next batch reads again
     await writer.handle([send(cid, "t3")])
     assert reads == [[cid], [cid]]

@@ -206,6 +206,47 @@ async def test_a_user_with_connections_on_both_gateways_gets_reads_and_receipts_
         assert (await alice.wait_frame(type="read-receipt"))["userId"] == "bob"
 
 
+async def test_every_read_messages_frame_is_answered_on_every_connection_even_with_nothing_left(system):
+    """PageNow's client waits for the ``read-messages`` answer to clear its unread state, so a
+    read of an already-read conversation is answered too: to every connection of the reader, with
+    where they stand, and with nothing written and no receipt to the others."""
+    await system.start_all(gateways=2)
+    cid = await system.conversation(["alice", "bob"])
+    alice = await system.connect("alice")
+    bobs = [await system.connect("bob", gateway=g) for g in (0, 1)]
+    await alice.send_message(cid, "hi", temp_id="h")
+    await bobs[0].wait_for(echo_of("h"))
+
+    def reads(client: WsClient) -> list[dict]:
+        return client.of_type("read-messages")
+
+    await bobs[0].send({"action": "read-messages", "conversationId": str(cid)})
+    for bob in bobs:
+        await bob.wait_for(lambda fs, b=bob: len(reads(b)) >= 1)
+    await alice.wait_frame(type="read-receipt")
+    conn = await system.db()
+    try:
+        pointer = "SELECT xmin::text, last_read_seq FROM participants WHERE conversation_id=$1 AND user_id='bob'"
+        before = await conn.fetchrow(pointer, cid)
+        await bobs[1].send({"action": "read-messages", "conversationId": str(cid)})  # nothing left to read
+        for bob in bobs:
+            await bob.wait_for(lambda fs, b=bob: len(reads(b)) >= 2)
+        assert await conn.fetchrow(pointer, cid) == before  # the row was not written again
+    finally:
+        await conn.close()
+    for bob in bobs:
+        assert (
+            reads(bob) == [{"type": "read-messages", "conversationId": str(cid), "userId": "bob", "lastReadSeq": 1}] * 2
+        )
+    await asyncio.sleep(0.5)
+    assert len(alice.of_type("read-receipt")) == 1  # the others hear of a read only when it moved
+    # an empty conversation, never read, is answered too (where PageNow's client opens a new chat)
+    empty = await system.conversation(["bob", "carol"])
+    await bobs[0].send({"action": "read-messages", "conversationId": str(empty)})
+    answer = await bobs[1].wait_frame(type="read-messages", conversationId=str(empty))
+    assert answer["lastReadSeq"] == 0
+
+
 async def test_oversized_frame_closes_with_1009(system):
     await system.start_all()
     client = await system.connect("alice")

@@ -99,15 +99,21 @@ def test_plan_table(commands, expected):
     assert summary(run(commands).events) == expected
 
 
-def test_a_read_that_moves_nothing_writes_and_announces_nothing():
+def test_a_read_that_moves_nothing_writes_nothing_and_answers_the_reader_alone():
     state = {C1: Conversation(last_seq=4, members=("alice", "bob"), read={"alice": 4, "bob": 2})}
     read = [ReadMessages(user_id=u, conversation_id=C1, origin=ORIGIN) for u in ("alice", "bob", "bob")]
     result = plan(read, state, {}, NOW, new_id=ids())
-    assert summary(result.events) == [("read", 1, "bob")]  # alice had read it all; bob's second read adds nothing
-    assert result.read_to == {(C1, "bob"): 4}
+    # alice had read it all, bob's second read adds nothing: each is answered, to the reader alone
+    reads = [(e.user_id, e.last_read_seq, e.participants) for e in result.events if isinstance(e, ReadUpdated)]
+    assert reads == [("alice", 4, ["alice"]), ("bob", UNRESOLVED, ["alice", "bob"]), ("bob", 4, ["bob"])]
+    assert result.read_to == {(C1, "bob"): 4}  # the only write
+    resolved = result.resolved({(C1, "bob"): 4})
+    assert [e.last_read_seq for e in resolved if isinstance(e, ReadUpdated)] == [4, 4, 4]
     # a read after one's own message in the same batch has nothing left to read either
     result = plan([send("bob", C1, "b"), read[1]], state, {}, NOW, new_id=ids())
-    assert summary(result.events) == [("stored", 1, 5, "b")]
+    assert summary(result.events) == [("stored", 1, 5, "b"), ("read", 1, "bob")]
+    assert result.events[1].participants == ["bob"] and result.events[1].last_read_seq == 5
+    assert result.read_to == {(C1, "bob"): 5}  # from the send: a sender has read their own message
 
 
 def test_empty_content_rejection_carries_the_temp_id():
