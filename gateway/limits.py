@@ -3,31 +3,13 @@ and per connection (frames of any kind, and refusals before the connection is cl
 
 from __future__ import annotations
 
-import time
-
+from shared.ratelimit import TokenBucket
 from shared.settings import Limits, Rate
 
 # Any frame, per connection: parsing costs even when the frame is refused.
 FRAMES = Rate(per_second=50, burst=200)
 # Refusals (rate limited, invalid) a connection may collect before it is closed with 1008.
 STRIKES = Rate(per_second=1, burst=30)
-
-
-class TokenBucket:
-    def __init__(self, rate: Rate, now: float | None = None) -> None:
-        self.rate = rate.per_second
-        self.burst = float(rate.burst)
-        self.tokens = self.burst
-        self.at = time.monotonic() if now is None else now
-
-    def take(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class UserLimits:

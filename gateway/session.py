@@ -19,9 +19,10 @@ from shared import frames, tracing
 from shared.auth import AuthError, AuthUnavailable, Identity
 from shared.envelope import Command, Origin, ReadMessages, SendMessage, StartTyping
 from shared.log import get_logger
+from shared.ratelimit import TokenBucket
 
 from .hub import Connection
-from .limits import FRAMES, STRIKES, TokenBucket, UserLimits
+from .limits import FRAMES, STRIKES, UserLimits
 from .state import Gateway
 
 log = get_logger(__name__)

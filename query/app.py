@@ -26,6 +26,7 @@ from shared.service import fatal
 from shared.settings import QuerySettings
 
 from . import paging, requests, store, webapp
+from .limits import Bucket, RestLimiter
 from .middleware import MAX_BODY, cors, errors
 from .responses import ApiError, json_response, read_json
 
@@ -38,14 +39,19 @@ class Query:
         self.db = db
         self.broker = broker
         self.verifier = verifier
+        self.limiter = RestLimiter(settings.rest_limits)
 
-    async def caller(self, request: web.Request) -> str:
+    async def caller(self, request: web.Request, bucket: Bucket = Bucket.READ) -> str:
+        """The verified user (else 401, or 503 while the JWKS is unreachable), once their ``bucket``
+        allows one more request (else 429 with ``Retry-After``)."""
         try:
-            return await self.verifier.verify(request.headers.get("Authorization"))
+            user = await self.verifier.verify(request.headers.get("Authorization"))
         except AuthError as exc:
             raise ApiError(401, "unauthorized", str(exc)) from None
         except AuthUnavailable as exc:
             raise ApiError(503, "unavailable", str(exc)) from None
+        self.limiter.check(user, bucket)
+        return user
 
     async def list_conversations(self, request: web.Request) -> web.Response:
         """``GET /conversations[?isRead=true|false][&limit=N][&before=cursor]``
@@ -136,7 +142,7 @@ class Query:
         """``POST /conversation`` with ``{"recipientIdArr":["bob"],"isGroup":false,"title":"..."}``
         -> ``{"conversationId": "..."}``; a direct pair's existing conversation is returned as is.
         Online participants of a new conversation get a ``conversation-created`` frame."""
-        user = await self.caller(request)
+        user = await self.caller(request, Bucket.CREATE)
         new = requests.new_conversation(await read_json(request), user)
         async with self.db.acquire() as conn:
             cid, created = await store.create(conn, user, new, datetime.now(timezone.utc))

@@ -25,7 +25,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
     except ParamError as exc:
         return error_response(400, "bad_request", str(exc))
     except (DatabaseUnavailable, *TRANSIENT):
@@ -72,7 +72,7 @@ def cors(allowed: frozenset[str]) -> Callable[..., Awaitable[web.StreamResponse]
             response = await handler(request)
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "X-Next-Before"
+            response.headers["Access-Control-Expose-Headers"] = "X-Next-Before, Retry-After"
             if origin != "*":
                 response.headers["Vary"] = "Origin"
         return response

@@ -17,19 +17,20 @@ _json = msgspec.json.Encoder()
 class ApiError(Exception):
     """An answer other than 400: ``{"error": code, "message": message}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=_json.encode(data), status=status, content_type="application/json", headers=headers)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return json_response({"error": code, "message": message}, status=status)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
 async def read_json(request: web.Request) -> Any:

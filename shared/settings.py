@@ -40,6 +40,8 @@ VARIABLES: dict[str, str] = {
     "CHAT_RATE_SEND": "send-message per user, all connections together: per-second rate:burst (default 20:100)",
     "CHAT_RATE_READ": "read-messages per user: per-second rate:burst (default 5:30)",
     "CHAT_RATE_TYPING": "typing per user: per-second rate:burst; extra typing frames are dropped (default 5:20)",
+    "CHAT_RATE_REST_READ": "query: GET requests per user: per-second rate:burst (default 20:200)",
+    "CHAT_RATE_REST_CREATE": "query: POST /conversation per user: per-second rate:burst (default 0.5:30)",
     "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
     "CHAT_OTLP_ENDPOINT": "OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export one trace per message to; unset: tracing off",
     "CHAT_FLUSH_LINGER_MS": "gateway: the longest it holds commands to batch them under load, 0..1000 ms: nothing at 200 commands/s or less, rising to this at 1,000/s; 0 never holds (default 30)",
@@ -88,6 +90,14 @@ class Limits:
     token_grace_seconds: int = 3600
 
 
+@dataclass(frozen=True)
+class RestLimits:
+    """The query service's per-user buckets: every GET draws from ``read``, ``POST /conversation`` from ``create``."""
+
+    read: Rate = Rate(20, 200)
+    create: Rate = Rate(0.5, 30)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Common:
     """What every service has."""
@@ -116,6 +126,7 @@ class Settings(Common):
     jwt: JwtSettings | None = None
     dev_login: bool = False
     limits: Limits = Limits()
+    rest_limits: RestLimits = RestLimits()
     web_gateways: tuple[str, ...] = ()
     flush_linger_ms: int = DEFAULT_FLUSH_LINGER_MS
 
@@ -149,6 +160,7 @@ class QuerySettings(Common):
     jwt: JwtSettings
     dev_login: bool
     web_gateways: tuple[str, ...]
+    rest_limits: RestLimits = RestLimits()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +262,13 @@ def _limits(env: Mapping[str, str]) -> Limits:
     )
 
 
+def _rest_limits(env: Mapping[str, str]) -> RestLimits:
+    base = RestLimits()
+    return RestLimits(
+        read=_rate(env, "CHAT_RATE_REST_READ", base.read), create=_rate(env, "CHAT_RATE_REST_CREATE", base.create)
+    )
+
+
 def _origins(env: Mapping[str, str]) -> frozenset[str]:
     origins = _csv(_get(env, "CHAT_ALLOWED_ORIGINS"))
     for origin in origins:
@@ -348,6 +367,7 @@ def load(
         dev_login=dev_login,
         limits=_limits(env) if service == "gateway" else Limits(),
         web_gateways=_web_gateways(env) if service == "query" else (),
+        rest_limits=_rest_limits(env) if service == "query" else RestLimits(),
         flush_linger_ms=_int(env, "CHAT_FLUSH_LINGER_MS", DEFAULT_FLUSH_LINGER_MS, 0, 1000)
         if service == "gateway"
         else DEFAULT_FLUSH_LINGER_MS,
@@ -415,6 +435,7 @@ def load_query(env: Mapping[str, str] | None = None) -> QuerySettings:
         jwt=_present(s.jwt),
         dev_login=s.dev_login,
         web_gateways=s.web_gateways,
+        rest_limits=s.rest_limits,
     )
 
 

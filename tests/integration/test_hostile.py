@@ -217,3 +217,50 @@ async def test_a_temp_id_reused_in_another_conversation_is_refused_not_echoed(sy
     await asyncio.sleep(0.5)
     assert not carol.of_type("new-message")  # carol never sees the message meant for bob
     assert json.dumps(carol.frames).count("for bob only") == 0
+
+
+async def test_rest_floods_get_429_per_user_and_cost_a_bystander_nothing(system):
+    """One user calling REST in a loop: creating conversations (each notifies its members' sockets)
+    and reading. Past their buckets they get 429 with Retry-After; the conversations they create,
+    and so the frames their victims get, stay within the burst; a bystander's REST calls and
+    messages go on as usual."""
+    await system.start_all()
+    await system.start("query", env={"CHAT_RATE_REST_READ": "5:20", "CHAT_RATE_REST_CREATE": "1:5"})
+    query = system.of("query")[0].url
+    bob, dave = await system.connect("bob"), await system.connect("dave")
+    chat = await system.conversation(["bob", "dave"])
+
+    async def call(session: aiohttp.ClientSession, user: str, method: str, path: str, **kw) -> tuple[int, dict]:
+        async with session.request(method, query + path, headers={"Authorization": token(user)}, **kw) as resp:
+            assert resp.content_type == "application/json"
+            return resp.status, {"body": await resp.json(), "retry": resp.headers.get("Retry-After")}
+
+    async with aiohttp.ClientSession() as session:
+        body = {"recipientIdArr": ["bob", "dave"], "isGroup": True}
+        created = [
+            await call(session, "mallory", "POST", "/conversation", json={**body, "title": f"spam {i}"})
+            for i in range(30)
+        ]
+        reads = [await call(session, "mallory", "GET", "/conversations") for _ in range(60)]
+        # meanwhile the bystanders chat and read as usual
+        for i in range(5):
+            await bob.send_message(chat, f"still here {i}", temp_id=f"b{i}")
+        for i in range(5):
+            await dave.wait_frame(type="new-message", tempMessageId=f"b{i}")
+        bystander = [await call(session, "dave", "GET", path) for path in ("/conversations", f"/conversations/{chat}")]
+
+    statuses = [status for status, _ in created]
+    assert 5 <= statuses.count(200) <= 7 and statuses.count(429) >= 23, statuses  # burst 5, then about 1 a second
+    limited = next(extra for status, extra in created if status == 429)
+    assert limited["body"]["error"] == "rate_limited" and int(limited["retry"]) >= 1
+    assert [status for status, _ in reads].count(429) >= 30
+    assert [status for status, _ in bystander] == [200, 200]
+    conn = await system.db()
+    try:
+        spam = await conn.fetchval("SELECT count(*) FROM conversations WHERE created_by = 'mallory'")
+    finally:
+        await conn.close()
+    assert spam == statuses.count(200)  # a refused call wrote nothing
+    await asyncio.sleep(0.5)
+    assert len(bob.of_type("conversation-created")) == spam  # nor reached anybody's socket
+    assert len(echoes(bob)) == 5 and not bob.of_type("error")

@@ -415,6 +415,8 @@ async def test_cors_and_openapi(system):
             f"{query.url}/conversations", headers={"Origin": "https://app.example.com", "Authorization": token("alice")}
         ) as resp:
             assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+            # a browser client can read the paging cursor and, after a 429, when to retry
+            assert set(resp.headers["Access-Control-Expose-Headers"].split(", ")) == {"X-Next-Before", "Retry-After"}
         async with session.get(f"{query.url}/openapi.json") as resp:
             doc = await resp.json()
         assert doc["openapi"] == "3.1.0" and doc == DOC

@@ -149,3 +149,15 @@ def test_each_service_gets_its_settings_with_what_it_needs_simply_there():
         with pytest.raises(SettingsError) as info:
             loader({k: v for k, v in BASE.items() if k != variable})
         assert variable in str(info.value)
+
+
+def test_rest_limits_of_the_query_service():
+    from shared.settings import Rate, RestLimits, load_query
+
+    assert load_query(BASE).rest_limits == RestLimits(read=Rate(20, 200), create=Rate(0.5, 30))
+    tuned = load_query({**BASE, "CHAT_RATE_REST_READ": "50:500", "CHAT_RATE_REST_CREATE": "2:10"})
+    assert tuned.rest_limits == RestLimits(read=Rate(50, 500), create=Rate(2, 10))
+    for variable, value in (("CHAT_RATE_REST_READ", "0:10"), ("CHAT_RATE_REST_CREATE", "fast")):
+        with pytest.raises(SettingsError) as info:
+            load_query({**BASE, variable: value})
+        assert str(info.value).startswith(variable)
