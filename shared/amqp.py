@@ -25,8 +25,9 @@ Each queue has its own channel, and a failed batch is retried or isolated queue 
 one queue's trouble holds another's messages at most until the batch they share fails;
 releasing a queue is closing its channel: the broker returns the unacked messages to the head
 of the queue, in order, and activates the next single-active consumer in the same step
-(``../shared/notes/partition-assignment.md``, section 2). ``basic.cancel`` is never used: it
-would let the successor start past our prefetched messages, out of order.
+(docs/events.md, "Handing a partition from one consumer to the next", with RabbitMQ's sources).
+``basic.cancel`` is never used: it would let the successor start past our prefetched messages,
+out of order.
 """
 
 from __future__ import annotations
