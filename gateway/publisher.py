@@ -9,7 +9,7 @@ previous one began (:func:`linger`: none at 200 commands/s or less, rising to
 ``CHAT_FLUSH_LINGER_MS`` at 1,000/s), so each AMQP message carries more commands and every stage
 after it (confirms, the writer's transactions, the notifier's lookups, deliveries) does its
 per-batch work less often: at 1,000 msg/s on two cores this halved the CPU per message and kept
-p99 under 50 ms (docs/benchmarks.md, "Eighth session"). One flush at a time keeps each
+p99 under 50 ms (docs/benchmarks.md, "The gateway's linger under load"). One flush at a time keeps each
 connection's commands in the order they arrived. When the broker cannot take a batch, each of its
 commands' ``on_fail`` runs, so the client hears ``unavailable`` instead of silence.
 

@@ -8,8 +8,8 @@ for other transports); ours returns a writer that gathers what is written during
 and hands it to the transport once, at the end of that turn (``call_soon``): nothing waits
 longer than the turn it was written in, and frames keep their order. ``drain``, ``write_eof``
 and ``close`` send what is gathered first, so a frame aiormq drains for (a close, a heartbeat,
-anything sent with ``wait=True``) leaves as before. Measured (docs/benchmarks.md, "Sixth
-session"): the writer's write calls at 1,000 msg/s fell by 60 %, RabbitMQ's CPU by about a tenth.
+anything sent with ``wait=True``) leaves as before. Measured (docs/benchmarks.md, "One
+write per event-loop turn"): the writer's write calls at 1,000 msg/s fell by 60 %, RabbitMQ's CPU by about a tenth.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ VARIABLES: dict[str, str] = {
 }
 
 DEFAULT_PARTITIONS = 4
-DEFAULT_FLUSH_LINGER_MS = 30  # gateway/publisher.py; docs/benchmarks.md, "Eighth session"
+DEFAULT_FLUSH_LINGER_MS = 30  # gateway/publisher.py; docs/benchmarks.md, "The gateway's linger under load"
 DEFAULT_PORTS = {"gateway": 8080, "query": 8081, "writer": 8082, "notifier": 8083}
 SYMMETRIC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})

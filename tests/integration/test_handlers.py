@@ -295,7 +295,7 @@ async def test_broker_publish_confirms_marks_and_reports_an_unroutable_message(s
 async def test_the_broker_connection_writes_through_the_coalescing_socket(stack, monkeypatch):
     """shared/amqp.py hands our socket factory to aiormq through aio-pika's connection arguments,
     which aio-pika does not document: if an upgrade drops them, the services still work but every
-    frame costs a write again (docs/benchmarks.md, "Sixth session"). This says so loudly."""
+    frame costs a write again (docs/benchmarks.md, "One write per event-loop turn"). This says so loudly."""
     created = []
     original = CoalescingTransportFactory.create
 
