@@ -49,17 +49,17 @@ async def asyncapi(request: web.Request) -> web.FileResponse:
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[access_log])
     readiness = add_routes(app, "gateway", ops_port=settings.ops_port, host=settings.host)
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis)
     hub = Hub(settings.limits)
 
     deliverer = Deliverer(hub)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=PREFETCH)
         await topology.declare_commands(channel, settings.partitions)
         await topology.declare_typing(channel, topology.TYPING)
         queue = await topology.declare_gateway_queue(channel, settings.instance_id)
+        await channel.set_qos(prefetch_count=PREFETCH)  # after declaring: a refused declare reopens the channel
         await broker.consume(channel, queue, deliverer)
 
     def broker_lost() -> None:
@@ -72,7 +72,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
             hub.close_soon_all(SERVICE_RESTART, "broker connection lost")
 
     broker = Broker(
-        settings.amqp_url,
+        settings.amqp_urls,
         name=f"gateway:{settings.instance_id}",
         setup=setup,
         on_fatal=fatal,

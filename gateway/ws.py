@@ -29,7 +29,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
     Refused before the upgrade: 401 ``unauthorized``, 403 ``forbidden_origin``, 429
     ``too_many_connections`` (the user holds ``CHAT_MAX_CONNECTIONS_PER_USER`` sockets across
-    every gateway), 503 ``unavailable``. Frames: see :meth:`gateway.session.Session.handle`.
+    every gateway), 503 ``unavailable`` (shutting down, or not connected to the broker or Redis). Frames: see :meth:`gateway.session.Session.handle`.
     """
     gw: Gateway = request.app[GATEWAY]
     origin = request.headers.get("Origin")
@@ -37,6 +37,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return _error_response(403, "forbidden_origin", "origin not allowed")
     if gw.readiness.draining:
         return _error_response(503, "unavailable", "gateway is shutting down")
+    if not gw.broker.ready:
+        # its deliveries queue goes with its broker connection: a socket accepted now could miss
+        # events routed to the queue before it is declared again
+        return _error_response(503, "unavailable", "gateway is reconnecting to the broker, retry")
     try:
         identity = await gw.verifier.identify(request.query.get("Authorization"))
     except AuthError as exc:

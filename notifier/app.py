@@ -4,7 +4,8 @@ Typing arrives on its own queue (chat.typing.events, transient, any notifier tak
 
 Each replica consumes the partitions the membership in Redis assigns it (shared/membership.py).
 For each batch (every AMQP message of one partition delivered so far, each a batch of events):
-look up every recipient's connections in Redis with one script call, plan the deliveries
+look up every recipient's connections in Redis with one script call (which also marks the users
+whose reads the events change as fresh, for the query service's standbys), plan the deliveries
 (routing.py), publish one Deliveries batch to each gateway instance with confirms, then ack. If
 Redis or the broker fails, the batch is retried in place, so nothing is skipped; a gateway that
 is gone (its queue deleted) is skipped; an event that makes routing fail is set aside alone.
@@ -32,7 +33,7 @@ from shared.service import fatal
 from shared.settings import NotifierSettings
 from shared.tasks import cancel_and_wait
 
-from .routing import BROADCAST, plan, users_of
+from .routing import BROADCAST, plan, touched, users_of
 
 log = get_logger(__name__)
 
@@ -75,7 +76,7 @@ class Notifier:
         started = time.perf_counter()
         now = time.time()
         try:
-            located, since = await self.registry.instances(users_of(events))
+            located, since = await self.registry.instances(users_of(events), touched(events))
         except REDIS_ERRORS as exc:
             raise Retryable(f"redis: {exc.__class__.__name__}") from None
         trusted = registry_trusted(since, now_ms())
@@ -112,7 +113,9 @@ class Notifier:
                 await self.publisher.publish(topology.BROADCAST, "", body, persistent=False)
             else:
                 await self.publisher.publish(topology.DELIVERIES, instance, body, mandatory=True, persistent=False)
-        except Unroutable:  # that gateway is gone, and its sockets with it
+        except Unroutable:
+            # its queue is gone, so its broker connection is gone (the queue is exclusive to it): the
+            # gateway crashed, or closed its sockets with 1012 and is reconnecting
             log.info("gateway_gone", gateway=instance, frames=len(items))
             return
         DELIVERIES.labels("broadcast" if instance is BROADCAST else "direct").inc()
@@ -138,7 +141,7 @@ class TypingRouter(Notifier):
 
 def create_app(settings: NotifierSettings) -> web.Application:
     app, readiness = ops_app("notifier")
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -147,15 +150,18 @@ def create_app(settings: NotifierSettings) -> web.Application:
         await channel.close()
         await broker.consume_partitions(connection, group)
         typing_channel = await connection.channel()
-        await typing_channel.set_qos(prefetch_count=PREFETCH)
         queue = await topology.declare_typing(typing_channel, topology.TYPING_EVENTS)
+        await typing_channel.set_qos(prefetch_count=PREFETCH)  # after declaring: a refused declare reopens it
         await broker.consume(typing_channel, queue, typing)
 
-    broker = Broker(settings.amqp_url, name=f"notifier:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    broker = Broker(settings.amqp_urls, name=f"notifier:{settings.instance_id}", setup=setup, on_fatal=fatal)
     notifier = Notifier(Registry(redis), broker)
     typing = TypingRouter(notifier.registry, broker)
     group = PartitionGroup(broker, topology.event_queue, notifier)
-    membership = Membership(redis, "notifier", settings.instance_id, settings.partitions, group.want)
+    # without Redis a notifier cannot route: cut off from it, it lets its partitions go to replicas that can
+    membership = Membership(
+        redis, "notifier", settings.instance_id, settings.partitions, group.want, works_without_redis=False
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         broker.start()

@@ -84,6 +84,18 @@ def users_of(events: list[Event]) -> list[str]:
     return list(seen)
 
 
+def touched(events: list[Event]) -> list[str]:
+    """Users whose REST reads these events change, once each: they read from the primary for a
+    while (shared/registry.py, ``chat:fresh:<user>``), so a standby behind it cannot hide them."""
+    seen: dict[str, None] = {}
+    for event in events:
+        if isinstance(event, MessageStored | ConversationCreated):
+            seen.update(dict.fromkeys(event.participants))
+        elif isinstance(event, ReadUpdated):
+            seen[event.user_id] = None  # only the reader's own view (lastReadSeq, unread counts) moved
+    return list(seen)
+
+
 def plan(events: list[Event], located: dict[str, set[str]], trusted: bool) -> dict[str | None, list[Delivery]]:
     """Group the frames of ``events`` by gateway instance, keeping event order within each."""
     out: dict[str | None, list[Delivery]] = defaultdict(list)

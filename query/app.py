@@ -22,21 +22,26 @@ from shared.db import Database
 from shared.envelope import ConversationCreated
 from shared.log import get_logger
 from shared.ops import access_log, add_routes
+from shared.registry import Registry, redis_client
 from shared.service import fatal
 from shared.settings import QuerySettings
 
 from . import paging, requests, store, webapp
 from .limits import Bucket, RestLimiter
 from .middleware import MAX_BODY, cors, errors
+from .reads import Reads
 from .responses import ApiError, json_response, read_json
 
 log = get_logger(__name__)
 
 
 class Query:
-    def __init__(self, settings: QuerySettings, db: Database, broker: Broker, verifier: TokenVerifier) -> None:
+    def __init__(
+        self, settings: QuerySettings, db: Database, broker: Broker, verifier: TokenVerifier, reads: Reads
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.reads = reads
         self.broker = broker
         self.verifier = verifier
         self.limiter = RestLimiter(settings.rest_limits)
@@ -62,8 +67,7 @@ class Query:
         """
         user = await self.caller(request)
         page = paging.conversation_list(request.query)
-        async with self.db.acquire() as conn:
-            rows = await store.conversations(conn, user, page)
+        rows = await self.reads.run(user, lambda conn: store.conversations(conn, user, page))
         body = [_conversation_item(r, user) for r in rows]
         headers = {}
         if page.limit is not None and len(rows) == page.limit:
@@ -75,8 +79,7 @@ class Query:
         "participantId","participantIds","createdBy","createdAt","lastSeq"}``; 404 to non-participants."""
         user = await self.caller(request)
         cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
-        async with self.db.acquire() as conn:
-            row = await store.conversation(conn, cid, user)
+        row = await self.reads.run(user, lambda conn: store.conversation(conn, cid, user))
         if row is None:
             raise ApiError(404, "not_found", "no such conversation")
         participants = list(row["participant_ids"])
@@ -102,8 +105,7 @@ class Query:
         user = await self.caller(request)
         cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
         page = paging.history(request.query)
-        async with self.db.acquire() as conn:
-            rows = await store.history(conn, cid, user, page)
+        rows = await self.reads.run(user, lambda conn: store.history(conn, cid, user, page))
         if rows is None:
             raise ApiError(404, "not_found", "no such conversation")
         return json_response(
@@ -124,8 +126,7 @@ class Query:
         """``GET /conversations/{id}/participants`` -> ``["alice", "bob"]`` (the caller included)."""
         user = await self.caller(request)
         cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
-        async with self.db.acquire() as conn:
-            users = await store.participants(conn, cid, user)
+        users = await self.reads.run(user, lambda conn: store.participants(conn, cid, user))
         if not users:
             raise ApiError(404, "not_found", "no such conversation")
         return json_response(users)
@@ -134,8 +135,7 @@ class Query:
         """``GET /conversation/direct/{userId}`` -> ``{"conversationId": "..."}`` or ``null`` (never 404)."""
         user = await self.caller(request)
         other = requests.user_id(request.match_info["user_id"], "userId")
-        async with self.db.acquire() as conn:
-            cid = await store.direct(conn, user, other)
+        cid = await self.reads.run(user, lambda conn: store.direct(conn, user, other))
         return json_response({"conversationId": str(cid)} if cid else None)
 
     async def create_conversation(self, request: web.Request) -> web.Response:
@@ -147,11 +147,10 @@ class Query:
         async with self.db.acquire() as conn:
             cid, created = await store.create(conn, user, new, datetime.now(timezone.utc))
         if created:
+            participants = sorted([user, *new.recipients])
+            await self.reads.changed(participants)  # their next reads see it, from wherever they read
             event = ConversationCreated(
-                conversation_id=cid,
-                title=new.title,
-                is_group=new.is_group,
-                participants=sorted([user, *new.recipients]),
+                conversation_id=cid, title=new.title, is_group=new.is_group, participants=participants
             )
             try:
                 await publish_events(self.broker, [event], self.settings.partitions)
@@ -212,17 +211,31 @@ def create_app(settings: QuerySettings) -> web.Application:
         await topology.declare_events(channel, settings.partitions)  # conversation-created goes there
         await channel.close()
 
-    broker = Broker(settings.amqp_url, name=f"query:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    broker = Broker(settings.amqp_urls, name=f"query:{settings.instance_id}", setup=setup, on_fatal=fatal)
     verifier = TokenVerifier(settings.jwt)
-    api = Query(settings, db, broker, verifier)
+    standby = None
+    redis = None
+    if settings.database_read_url is not None and settings.redis is not None:
+        standby = Database(settings.database_read_url, statement_cache=settings.db_statement_cache, standby=True)
+        redis = redis_client(settings.redis)
+    reads = Reads(db, standby, Registry(redis) if redis is not None else None)
+    api = Query(settings, db, broker, verifier, reads)
     app[OPENAPI] = openapi_document()
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
         db.start()
+        if standby is not None:
+            standby.start()
+        reads.start()
         broker.start()
         yield
         await broker.close()
-        await db.close()
+        await reads.close()
+        for database in (db, standby):
+            if database is not None:
+                await database.close()
+        if redis is not None:
+            await redis.aclose()
         await verifier.close()
 
     # not the broker: REST must stay up while it is down (clients catch up here), and

@@ -33,9 +33,10 @@ out of order.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -45,6 +46,7 @@ import prometheus_client
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from aiormq.abc import DeliveredMessage
+from yarl import URL
 
 from .amqp_socket import CoalescingTransportFactory
 from .log import get_logger
@@ -52,6 +54,10 @@ from .tasks import cancel_and_wait
 
 log = get_logger(__name__)
 PUBLISH_TIMEOUT = 5.0
+# AMQP heartbeat: the broker closes the connection of a process that stops answering (a frozen
+# pod, SIGSTOP) after about two of these, which hands its single-active-consumer queues to the
+# next replica; RabbitMQ's default of 60 s held a frozen writer's partitions for 45 s or more.
+HEARTBEAT_SECONDS = 5
 PREFETCH = 64  # unacked messages per consumer (per partition queue); also the largest batch
 DEAD = "chat.dead"  # the dead-letter exchange (declared by topology)
 REASON_HEADER = "x-chat-reason"
@@ -563,19 +569,40 @@ class _Connection(aio_pika.Connection):
         self.kwargs["transport_factory"] = CoalescingTransportFactory()
 
 
+def with_heartbeat(url: str, seconds: int = HEARTBEAT_SECONDS) -> str:
+    """``url`` asking for ``seconds`` of AMQP heartbeat, unless it names one itself."""
+    parsed = URL(url)
+    return url if "heartbeat" in parsed.query else str(parsed.update_query(heartbeat=seconds))
+
+
+def node_of(url: str) -> str:
+    """``host:port`` of an AMQP URL, for logs (never its credentials)."""
+    parsed = URL(url)
+    return f"{parsed.host}:{parsed.port}"
+
+
 class Broker:
-    """Supervises one AMQP connection: a confirmed publish channel plus the caller's consumers."""
+    """Supervises one AMQP connection: a confirmed publish channel plus the caller's consumers.
+
+    ``urls`` may name several nodes of a cluster: the connection goes to the first that answers,
+    and when it is lost the next attempt starts with the following node, so a service moves off a
+    node that died without waiting for it (aio-pika takes one URL; aio-pika #141).
+    """
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         *,
         name: str,
         setup: Setup | None = None,
         on_fatal: Callable[[str], None] | None = None,
         on_lost: Callable[[], None] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = tuple(with_heartbeat(u) for u in ((urls,) if isinstance(urls, str) else urls))
+        if not self.urls:
+            raise ValueError("Broker needs at least one URL")
+        # index of the URL to try next: a random node first, so services spread over the cluster
+        self._next = random.randrange(len(self.urls))
         self.name = name
         self.setup = setup
         self.on_fatal = on_fatal
@@ -620,17 +647,26 @@ class Broker:
         backoff = 0.25
         while not self._stop.is_set():
             self._lost = asyncio.Event()
+            url = self.urls[self._next % len(self.urls)]
+            self._next += 1
             try:
                 connection = await asyncio.wait_for(
                     aio_pika.connect(
-                        self.url, client_properties={"connection_name": self.name}, connection_class=_Connection
+                        url, client_properties={"connection_name": self.name}, connection_class=_Connection
                     ),
                     10,
                 )
             except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-                log.warning("amqp_connect_failed", error=exc.__class__.__name__, retry_in=backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                full_round = self._next % len(self.urls) == 0  # every node refused: wait before the next round
+                log.warning(
+                    "amqp_connect_failed",
+                    node=node_of(url),
+                    error=exc.__class__.__name__,
+                    retry_in=backoff if full_round else 0,
+                )
+                if full_round:
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
                 continue
             connection.close_callbacks.add(lambda *_: self._lost.set())
             try:
@@ -642,7 +678,7 @@ class Broker:
                     await self.setup(connection)
                 self.connected.set()
                 backoff = 0.25
-                log.info("amqp_connected")
+                log.info("amqp_connected", node=node_of(url))
                 stop_wait = asyncio.ensure_future(self._stop.wait())
                 lost_wait = asyncio.ensure_future(self._lost.wait())
                 await asyncio.wait([stop_wait, lost_wait], return_when=asyncio.FIRST_COMPLETED)

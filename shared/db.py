@@ -1,11 +1,21 @@
-"""A Postgres pool that tolerates a database that is down at start or restarts later."""
+"""A Postgres pool that tolerates a database that is down at start, restarts later, or fails over.
+
+``CHAT_DATABASE_URL`` may name several hosts as libpq does: connections go to the one that takes
+writes (``target_session_attrs=read-write`` unless the URL says otherwise), and asyncpg tries the
+hosts again for every new connection. It never re-checks a pooled one, so a connection left on a
+primary that was demoted (read-only: SQLSTATE 25006) would fail every write: such a failure
+expires the whole pool, and the caller's retry gets connections to the new primary.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TypeAlias
 
 import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 from asyncpg.pool import PoolConnectionProxy
 
 from .log import get_logger
@@ -41,12 +51,24 @@ class DatabaseUnavailable(Exception):
     pass
 
 
+# Server settings of every connection. A process frozen inside a transaction (a stopped pod)
+# would hold its row locks until it woke: Postgres ends such a transaction after 10 s, so the
+# replica that took over its partitions can write (docs/operations.md, "A frozen process").
+SERVER_SETTINGS = {"idle_in_transaction_session_timeout": "10000"}
+
+
 async def _reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """On release to the pool: end a transaction left open, nothing more. asyncpg's default also
     runs ``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()``, a round trip per release
     for session state that nothing here creates."""
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+
+
+def session_target(dsn: str, default: SessionAttribute = SessionAttribute.read_write) -> SessionAttribute | None:
+    """Which of a URL's hosts to connect to: ``default``, unless the URL says (asyncpg would let
+    the keyword win over the URL)."""
+    return None if "target_session_attrs=" in dsn else default
 
 
 class Database:
@@ -60,8 +82,11 @@ class Database:
         max_size: int = 10,
         command_timeout: float = 10.0,
         statement_cache: int = 100,
+        standby: bool = False,
     ) -> None:
         self.dsn = dsn
+        # the primary of the URL's hosts, or (to read from) a standby if there is one
+        self.target = session_target(dsn, SessionAttribute.prefer_standby if standby else SessionAttribute.read_write)
         self.statement_cache = statement_cache
         self.min_size = min_size
         self.max_size = max_size
@@ -86,6 +111,8 @@ class Database:
                     # for a pgbouncer older than 1.21 in transaction mode (asyncpg #198)
                     statement_cache_size=self.statement_cache,
                     reset=_reset,
+                    server_settings=SERVER_SETTINGS,
+                    target_session_attrs=self.target,
                 )
                 log.info("db_connected")
                 return
@@ -94,10 +121,21 @@ class Database:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def acquire(self) -> asyncpg.pool.PoolAcquireContext:
-        if self.pool is None:
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection for one unit of work. A write refused as read-only means the
+        server was demoted (a fail-over): every pooled connection is dropped, and
+        :class:`DatabaseUnavailable` tells the caller to retry, on connections to the new primary."""
+        pool = self.pool
+        if pool is None:
             raise DatabaseUnavailable("database not connected")
-        return self.pool.acquire(timeout=5)
+        async with pool.acquire(timeout=5) as conn:
+            try:
+                yield conn
+            except asyncpg.ReadOnlySQLTransactionError:
+                log.warning("db_read_only", action="reconnecting to the primary")
+                await pool.expire_connections()
+                raise DatabaseUnavailable("the database refused a write as read-only (a fail-over)") from None
 
     async def ping(self) -> bool:
         if self.pool is None:

@@ -7,10 +7,12 @@ lease, drops expired ones and reads the rest in one script call, then hands
 crashed replica's lease lapses after ``LEASE_SECONDS``.
 
 When Redis cannot be reached the replica keeps what it has until its own lease is about to lapse
-(the others will then stop counting it), and from then on subscribes to every partition: the
-queues' single-active-consumer setting keeps one consumer active per queue, so work goes on
-(whoever was active stays active) instead of stopping because Redis is away. docs/operations.md
-walks through join, leave, crash and a split between a replica and Redis.
+(the others will then stop counting it). Then a writer, which needs Redis for nothing else,
+subscribes to every partition: the queues' single-active-consumer setting keeps one consumer
+active per queue, so work goes on (whoever was active stays active) instead of stopping because
+Redis is away. A notifier, which cannot route an event without Redis, lets its partitions go
+instead, so that replicas that still reach Redis take them over. docs/operations.md walks
+through join, leave, crash and a split between a replica and Redis.
 """
 
 from __future__ import annotations
@@ -63,8 +65,18 @@ def members_key(kind: str) -> str:
 class Membership:
     """Keeps this replica's lease and tells ``on_change`` which partitions to consume."""
 
-    def __init__(self, redis: Redis, kind: str, instance_id: str, partitions: int, on_change: OnChange) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        kind: str,
+        instance_id: str,
+        partitions: int,
+        on_change: OnChange,
+        *,
+        works_without_redis: bool = True,
+    ) -> None:
         self.redis = redis
+        self.works_without_redis = works_without_redis
         self.kind = kind
         self.key = members_key(kind)
         self.instance_id = instance_id
@@ -94,7 +106,7 @@ class Membership:
                 FALLBACK.set(1)
             if not lapsing:
                 return  # keep what we have: our lease still stands in the others' eyes
-            target = frozenset(range(self.partitions))
+            target = frozenset(range(self.partitions)) if self.works_without_redis else frozenset()
         else:
             self._renewed_at = time.monotonic()
             if self.fallback:

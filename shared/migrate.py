@@ -14,6 +14,7 @@ from importlib import resources
 
 import asyncpg
 
+from .db import session_target
 from .log import get_logger
 from .service import settings_or_exit
 from .settings import load_migrate
@@ -31,7 +32,7 @@ def migrations() -> list[tuple[int, str, str]]:
 
 async def migrate(dsn: str) -> list[str]:
     """Apply what is missing; return the names applied by this call."""
-    conn = await asyncpg.connect(dsn, timeout=10)
+    conn = await asyncpg.connect(dsn, timeout=10, target_session_attrs=session_target(dsn))  # the primary
     applied: list[str] = []
     try:
         async with conn.transaction():

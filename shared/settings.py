@@ -18,9 +18,12 @@ from urllib.parse import urlsplit
 
 # Every variable the services read. docs, compose, k8s manifests and a test compare against this.
 VARIABLES: dict[str, str] = {
-    "CHAT_DATABASE_URL": "Postgres DSN, postgresql://user:pass@host:port/db",
-    "CHAT_AMQP_URL": "RabbitMQ URL, amqp://user:pass@host:port/vhost",
-    "CHAT_REDIS_URL": "Redis URL, redis://host:port/db",
+    "CHAT_DATABASE_URL": "Postgres DSN, postgresql://user:pass@host:port/db; several hosts as libpq takes them (h1:5432,h2:5432): writes go to the primary",
+    "CHAT_DATABASE_READ_URL": "query: a Postgres DSN to read from (standbys), reads staying read-your-writes; needs Redis (default: read from CHAT_DATABASE_URL)",
+    "CHAT_AMQP_URL": "RabbitMQ URL, amqp://user:pass@host:port/vhost; several, comma-separated, one per cluster node",
+    "CHAT_REDIS_URL": "Redis URL, redis://host:port/db (with Sentinel: only its password and db are used)",
+    "CHAT_REDIS_SENTINELS": "comma-separated host:port of Redis Sentinels, with CHAT_REDIS_SENTINEL_MASTER: follow the master they elect",
+    "CHAT_REDIS_SENTINEL_MASTER": "the master's name as the Sentinels know it (with CHAT_REDIS_SENTINELS)",
     "CHAT_HOST": "address to listen on (default 0.0.0.0)",
     "CHAT_PORT": "port to listen on (defaults: gateway 8080, query 8081, writer 8082, notifier 8083)",
     "CHAT_OPS_PORT": "gateway and query: serve /healthz, /readyz and /metrics on this port only, off the public one (default 0: on CHAT_PORT)",
@@ -91,6 +94,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is: one URL, or the Sentinels that know the master (then ``url``, when set,
+    gives only the password and the database number)."""
+
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str | None = None
+
+
+@dataclass(frozen=True)
 class RestLimits:
     """The query service's per-user buckets: every GET draws from ``read``, ``POST /conversation`` from ``create``."""
 
@@ -121,8 +134,9 @@ class Settings(Common):
     need is simply there."""
 
     database_url: str | None = None
-    amqp_url: str | None = None
-    redis_url: str | None = None
+    database_read_url: str | None = None
+    amqp_urls: tuple[str, ...] = ()
+    redis: RedisSettings | None = None
     jwt: JwtSettings | None = None
     dev_login: bool = False
     limits: Limits = Limits()
@@ -133,8 +147,8 @@ class Settings(Common):
 
 @dataclass(frozen=True, kw_only=True)
 class GatewaySettings(Common):
-    amqp_url: str
-    redis_url: str
+    amqp_urls: tuple[str, ...]
+    redis: RedisSettings
     jwt: JwtSettings
     limits: Limits
     flush_linger_ms: int = DEFAULT_FLUSH_LINGER_MS
@@ -143,24 +157,26 @@ class GatewaySettings(Common):
 @dataclass(frozen=True, kw_only=True)
 class WriterSettings(Common):
     database_url: str
-    amqp_url: str
-    redis_url: str
+    amqp_urls: tuple[str, ...]
+    redis: RedisSettings
 
 
 @dataclass(frozen=True, kw_only=True)
 class NotifierSettings(Common):
-    amqp_url: str
-    redis_url: str
+    amqp_urls: tuple[str, ...]
+    redis: RedisSettings
 
 
 @dataclass(frozen=True, kw_only=True)
 class QuerySettings(Common):
     database_url: str
-    amqp_url: str
+    amqp_urls: tuple[str, ...]
     jwt: JwtSettings
     dev_login: bool
     web_gateways: tuple[str, ...]
     rest_limits: RestLimits = RestLimits()
+    database_read_url: str | None = None
+    redis: RedisSettings | None = None  # set when reads go to standbys (freshness marks live there)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +209,72 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], required: 
     if parts.scheme != "unix" and not parts.hostname:
         raise SettingsError(f"{name} has no host")
     return value
+
+
+def _hostport(text: str, name: str, default_port: int | None) -> tuple[str, int]:
+    """``host[:port]`` or ``[v6]:port``; raises SettingsError naming ``name``."""
+    host, port = text, default_port
+    if text.startswith("["):
+        close = text.find("]")
+        host, rest = text[1:close], text[close + 1 :]
+        if close < 0 or (rest and not rest.startswith(":")):
+            raise SettingsError(f"{name} has a bad host {text!r}")
+        port = int(rest[1:]) if rest[1:].isascii() and rest[1:].isdigit() else (None if rest else default_port)
+    elif ":" in text:
+        host, _, digits = text.rpartition(":")
+        port = int(digits) if digits.isascii() and digits.isdigit() else None
+    if not host or port is None or not 1 <= port <= 65535:
+        raise SettingsError(f"{name} has a bad host or port in {text!r}")
+    return host, port
+
+
+def _postgres_dsn(env: Mapping[str, str], name: str, required: bool) -> str | None:
+    """A Postgres DSN, one host or several as libpq takes them (``h1:5432,h2:5432``)."""
+    value = _get(env, name)
+    if value is None:
+        if required:
+            raise SettingsError(f"{name} is required ({VARIABLES[name]})")
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise SettingsError(f"{name} must be a postgresql:// URL, got scheme {scheme!r}")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    hosts = netloc.rpartition("@")[2]
+    if not hosts:
+        raise SettingsError(f"{name} has no host")
+    for host in hosts.split(","):
+        _hostport(host, name, 5432)
+    return value
+
+
+def _amqp_urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """One AMQP URL, or several separated by commas (one per cluster node)."""
+    raw = _get(env, name)
+    if raw is None:
+        raise SettingsError(f"{name} is required ({VARIABLES[name]})")
+    urls = tuple(_csv(raw))
+    for url in urls:
+        _url({name: url}, name, ("amqp", "amqps"), required=True)
+    return urls
+
+
+def _redis(env: Mapping[str, str], required: bool) -> RedisSettings | None:
+    url = _url(env, "CHAT_REDIS_URL", ("redis", "rediss", "unix"), required=False)
+    raw_sentinels, master = _get(env, "CHAT_REDIS_SENTINELS"), _get(env, "CHAT_REDIS_SENTINEL_MASTER")
+    if raw_sentinels is None and master is None:
+        if url is None and required:
+            raise SettingsError(
+                "CHAT_REDIS_URL is required (or CHAT_REDIS_SENTINELS with CHAT_REDIS_SENTINEL_MASTER): "
+                + VARIABLES["CHAT_REDIS_URL"]
+            )
+        return None if url is None else RedisSettings(url=url)
+    if raw_sentinels is None or master is None:
+        missing = "CHAT_REDIS_SENTINELS" if raw_sentinels is None else "CHAT_REDIS_SENTINEL_MASTER"
+        raise SettingsError(f"{missing} is required with the other Sentinel setting")
+    sentinels = tuple(_hostport(item, "CHAT_REDIS_SENTINELS", 26379) for item in _csv(raw_sentinels))
+    if not sentinels:
+        raise SettingsError("CHAT_REDIS_SENTINELS has no host:port")
+    return RedisSettings(url=url, sentinels=sentinels, master=master)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -358,11 +440,10 @@ def load(
         partitions=_int(env, "CHAT_PARTITIONS", DEFAULT_PARTITIONS, 1, 256),
         log_level=level,
         allowed_origins=allowed_origins,
-        database_url=_url(env, "CHAT_DATABASE_URL", ("postgresql", "postgres"), required=database)
-        if database
-        else None,
-        amqp_url=_url(env, "CHAT_AMQP_URL", ("amqp", "amqps"), required=amqp) if amqp else None,
-        redis_url=_url(env, "CHAT_REDIS_URL", ("redis", "rediss", "unix"), required=redis) if redis else None,
+        database_url=_postgres_dsn(env, "CHAT_DATABASE_URL", required=True) if database else None,
+        database_read_url=_postgres_dsn(env, "CHAT_DATABASE_READ_URL", required=False) if service == "query" else None,
+        amqp_urls=_amqp_urls(env, "CHAT_AMQP_URL") if amqp else (),
+        redis=_redis(env, required=redis) if redis or service == "query" else None,
         jwt=jwt_settings,
         dev_login=dev_login,
         limits=_limits(env) if service == "gateway" else Limits(),
@@ -403,8 +484,8 @@ def load_gateway(env: Mapping[str, str] | None = None) -> GatewaySettings:
     s = load("gateway", env, amqp=True, redis=True, jwt=True)
     return GatewaySettings(
         **_common(s),
-        amqp_url=_present(s.amqp_url),
-        redis_url=_present(s.redis_url),
+        amqp_urls=s.amqp_urls,
+        redis=_present(s.redis),
         jwt=_present(s.jwt),
         limits=s.limits,
         flush_linger_ms=s.flush_linger_ms,
@@ -414,24 +495,28 @@ def load_gateway(env: Mapping[str, str] | None = None) -> GatewaySettings:
 def load_writer(env: Mapping[str, str] | None = None) -> WriterSettings:
     s = load("writer", env, database=True, amqp=True, redis=True)
     return WriterSettings(
-        **_common(s),
-        database_url=_present(s.database_url),
-        amqp_url=_present(s.amqp_url),
-        redis_url=_present(s.redis_url),
+        **_common(s), database_url=_present(s.database_url), amqp_urls=s.amqp_urls, redis=_present(s.redis)
     )
 
 
 def load_notifier(env: Mapping[str, str] | None = None) -> NotifierSettings:
     s = load("notifier", env, amqp=True, redis=True)
-    return NotifierSettings(**_common(s), amqp_url=_present(s.amqp_url), redis_url=_present(s.redis_url))
+    return NotifierSettings(**_common(s), amqp_urls=s.amqp_urls, redis=_present(s.redis))
 
 
 def load_query(env: Mapping[str, str] | None = None) -> QuerySettings:
     s = load("query", env, database=True, amqp=True, jwt=True)
+    if s.database_read_url is not None and s.redis is None:
+        raise SettingsError(
+            "CHAT_REDIS_URL (or CHAT_REDIS_SENTINELS) is required with CHAT_DATABASE_READ_URL: "
+            "reads stay read-your-writes through the freshness marks kept there"
+        )
     return QuerySettings(
         **_common(s),
         database_url=_present(s.database_url),
-        amqp_url=_present(s.amqp_url),
+        database_read_url=s.database_read_url,
+        redis=s.redis if s.database_read_url is not None else None,
+        amqp_urls=s.amqp_urls,
         jwt=_present(s.jwt),
         dev_login=s.dev_login,
         web_gateways=s.web_gateways,

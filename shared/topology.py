@@ -6,18 +6,27 @@
 - ``chat.events`` (direct) -> ``chat.events.<p>``: writer/query -> notifier, partitioned the same
   way, so every connection receives a conversation's events in ``seq`` order.
 - ``chat.deliveries`` (direct) -> ``chat.gateway.<instance>``: notifier -> the gateway holding
-  the recipients' sockets; the queue expires once its gateway is gone.
+  the recipients' sockets. An exclusive queue of the gateway's own connection: it lives on the
+  node that connection is on, and goes with it (the gateway then closes its sockets with 1012 and
+  declares it again on its next connection, wherever that is).
 - ``chat.broadcast`` (fanout) -> every gateway queue: used while the Redis registry is not
-  trustworthy (just after Redis lost its data), so nothing is missed meanwhile.
-- ``chat.typing`` and ``chat.typing.events`` (each an exchange and its one queue): typing, gateway ->
-  writer (which checks membership) -> notifier. Classic queues of transient messages that expire
-  after a few seconds and drop their oldest past a bound: typing needs no disk and no order, and
-  a stale one is worth nothing. Every writer (notifier) consumes the one queue; any may take any.
+  trustworthy (just after Redis lost its data, or a fail-over), so nothing is missed meanwhile.
+- ``chat.typing`` and ``chat.typing.events`` (each an exchange and its one queue, ``<name>.v2``):
+  typing, gateway -> writer (which checks membership) -> notifier. Quorum queues whose messages
+  expire after a few seconds and drop their oldest past a bound: typing needs no order, and a stale
+  one is worth nothing, but the queue must outlive the loss of any one broker node. Every writer
+  (notifier) consumes the one queue; any may take any.
 - ``chat.dead`` (fanout) -> ``chat.dead``: poison messages and those redelivered too often.
-- ``chat.partitions``: an empty marker queue whose ``x-max-length`` records ``CHAT_PARTITIONS``.
-  RabbitMQ refuses to redeclare a queue with a different value, so a service started with
-  another partition count is refused (:class:`PartitionsMismatch`) instead of silently sending
-  a conversation's commands to a second queue, out of order.
+- ``chat.partition-count``: an empty quorum queue whose ``x-max-length`` records
+  ``CHAT_PARTITIONS``. RabbitMQ refuses to redeclare a queue with a different value, so a service
+  started with another partition count is refused (:class:`PartitionsMismatch`) instead of
+  silently sending a conversation's commands to a second queue, out of order.
+
+Every quorum queue is declared with three replicas and its leader on the least loaded node
+(``x-quorum-initial-group-size``, ``x-queue-leader-locator``), so leaders spread over a cluster;
+on one node both are moot. A queue an earlier version declared without them keeps what it has
+(RabbitMQ refuses to redeclare a queue with other arguments; docs/operations.md says how to grow
+its replicas).
 """
 
 from __future__ import annotations
@@ -27,21 +36,29 @@ import zlib
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
-from aiormq.exceptions import ChannelPreconditionFailed
+from aiormq.exceptions import AMQPError, ChannelPreconditionFailed
+from pamqp.common import FieldTable
 
 from .amqp import DEAD, Fatal
+from .log import get_logger
+
+log = get_logger(__name__)
 
 COMMANDS = "chat.commands"
 EVENTS = "chat.events"
 DELIVERIES = "chat.deliveries"
 BROADCAST = "chat.broadcast"
-PARTITIONS_MARKER = "chat.partitions"
+PARTITIONS_MARKER = "chat.partition-count"
+LEGACY_PARTITIONS_MARKER = "chat.partitions"  # a classic queue: gone with its node; replaced by the above
 TYPING = "chat.typing"
 TYPING_EVENTS = "chat.typing.events"
 TYPING_TTL_MS = 5_000  # a typing indicator older than this is worth nothing
 TYPING_MAX = 10_000  # messages a typing queue holds before it drops its oldest
 DELIVERY_LIMIT = 20  # a message redelivered this often (e.g. it crashes its consumer) is dead-lettered
-GATEWAY_QUEUE_EXPIRES_MS = 120_000
+REPLICAS = 3  # quorum queue members: one node of three may fail with nothing lost and no pause
+# Arguments that place a quorum queue: RabbitMQ refuses to redeclare a queue with other ones, so a
+# queue declared before they were added is taken as it is.
+PLACEMENT: FieldTable = {"x-quorum-initial-group-size": REPLICAS, "x-queue-leader-locator": "balanced"}
 
 
 def partition(conversation_id: uuid.UUID, partitions: int) -> int:
@@ -61,13 +78,31 @@ class PartitionsMismatch(Fatal):
     """This broker's queues were laid out for another CHAT_PARTITIONS."""
 
 
+async def declare_quorum(channel: AbstractChannel, name: str, arguments: FieldTable) -> AbstractQueue:
+    """A durable quorum queue with :data:`PLACEMENT`, or as an earlier version declared it.
+
+    A refused declare closes the channel: it is reopened for the next declaration (callers set
+    their prefetch after declaring)."""
+    try:
+        return await channel.declare_queue(
+            name, durable=True, arguments={"x-queue-type": "quorum", **arguments, **PLACEMENT}
+        )
+    except ChannelPreconditionFailed as exc:
+        if not any(key in str(exc) for key in PLACEMENT):
+            raise
+        await channel.reopen()
+        log.info("queue_declared_before_placement", queue=name)
+    return await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum", **arguments})
+
+
 async def check_partitions(channel: AbstractChannel, partitions: int) -> None:
     """Declare the marker with ``partitions``; a different recorded value stops the service.
 
-    (RabbitMQ closes the channel of a refused declare; the service stops anyway.)
-    """
+    A marker of an earlier version (a classic queue, which is unreachable while its node is down)
+    is checked the same way if it can be reached, then deleted."""
     try:
-        await channel.declare_queue(PARTITIONS_MARKER, durable=True, arguments={"x-max-length": partitions})
+        await declare_quorum(channel, PARTITIONS_MARKER, {"x-max-length": partitions})
+        await _retire_legacy_marker(channel, partitions)
     except ChannelPreconditionFailed as exc:
         raise PartitionsMismatch(
             f"CHAT_PARTITIONS={partitions} does not match this broker, whose queues were laid out for another "
@@ -77,13 +112,24 @@ async def check_partitions(channel: AbstractChannel, partitions: int) -> None:
         ) from None
 
 
+async def _retire_legacy_marker(channel: AbstractChannel, partitions: int) -> None:
+    try:
+        await channel.declare_queue(LEGACY_PARTITIONS_MARKER, passive=True)
+    except AMQPError:  # none (or unreachable: its node is down); the quorum marker is enough
+        await channel.reopen()  # a refused declare closed it
+        return
+    await channel.declare_queue(LEGACY_PARTITIONS_MARKER, durable=True, arguments={"x-max-length": partitions})
+    await channel.queue_delete(LEGACY_PARTITIONS_MARKER)
+    log.info("legacy_partition_marker_retired", queue=LEGACY_PARTITIONS_MARKER)
+
+
 def gateway_queue(instance_id: str) -> str:
     return f"chat.gateway.{instance_id}"
 
 
 async def _dead_letter(channel: AbstractChannel) -> None:
     dead = await channel.declare_exchange(DEAD, aio_pika.ExchangeType.FANOUT, durable=True)
-    queue = await channel.declare_queue(DEAD, durable=True, arguments={"x-queue-type": "quorum"})
+    queue = await declare_quorum(channel, DEAD, {})
     await queue.bind(dead)
 
 
@@ -93,11 +139,10 @@ async def _partitioned(channel: AbstractChannel, exchange_name: str, partitions:
     exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT, durable=True)
     queues = []
     for p in range(partitions):
-        queue = await channel.declare_queue(
+        queue = await declare_quorum(
+            channel,
             f"{exchange_name}.{p}",
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
+            {
                 "x-single-active-consumer": True,
                 "x-delivery-limit": DELIVERY_LIMIT,
                 "x-dead-letter-exchange": DEAD,
@@ -123,31 +168,47 @@ async def declare_deliveries(channel: AbstractChannel) -> tuple[AbstractExchange
 
 
 async def declare_gateway_queue(channel: AbstractChannel, instance_id: str) -> AbstractQueue:
-    """This gateway's own queue: durable (survives a broker restart), gone 2 min after its gateway."""
+    """This gateway's own queue: exclusive to this connection, so it lives on the connection's node
+    and goes with the connection (deliveries are transient; a gateway that loses its connection
+    closes its sockets with 1012 anyway). A durable queue would live on one node, and while that
+    node is down nobody could declare, consume or publish to it."""
     direct, fanout = await declare_deliveries(channel)
-    queue = await channel.declare_queue(
-        gateway_queue(instance_id),
-        durable=True,
-        arguments={"x-expires": GATEWAY_QUEUE_EXPIRES_MS},
-    )
+    queue = await channel.declare_queue(gateway_queue(instance_id), durable=False, exclusive=True, auto_delete=True)
     await queue.bind(direct, routing_key=instance_id)
     await queue.bind(fanout)
     return queue
 
 
+def typing_queue(exchange: str) -> str:
+    """The queue behind ``chat.typing`` or ``chat.typing.events`` (``.v2``: a quorum queue; the
+    classic queue of the exchange's own name, of earlier versions, is deleted once unused)."""
+    return f"{exchange}.v2"
+
+
 async def declare_typing(channel: AbstractChannel, name: str) -> AbstractQueue:
-    """``chat.typing`` or ``chat.typing.events``: an exchange and the one queue bound to it, both of
-    that name (publish to the exchange, routing key ``""``, transient; not through the default
-    exchange, which the deployed user may not write to: deploy/k8s grants ``^chat\\.`` only). The
-    queue is durable so it is there after a broker restart for whoever publishes first; its
-    messages are not (nothing of them is worth a disk write).
-    Expiry and the bound keep it small whoever stops consuming; with no delivery limit, the expiry
-    is also what ends a message that keeps crashing its consumer."""
+    """``chat.typing`` or ``chat.typing.events``: an exchange and the one queue bound to it
+    (publish to the exchange, routing key ``""``, transient; not through the default exchange,
+    which the deployed user may not write to: deploy/k8s grants ``^chat\\.`` only). A quorum
+    queue, so that it outlives any one broker node (a classic queue is unreachable while its node
+    is down, and every service declares this one when it connects); expiry and the bound keep it
+    small whoever stops consuming, and with no delivery limit the expiry is also what ends a
+    message that keeps crashing its consumer."""
     exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
-    queue = await channel.declare_queue(
-        name,
-        durable=True,
-        arguments={"x-message-ttl": TYPING_TTL_MS, "x-max-length": TYPING_MAX, "x-overflow": "drop-head"},
+    queue = await declare_quorum(
+        channel,
+        typing_queue(name),
+        {"x-message-ttl": TYPING_TTL_MS, "x-max-length": TYPING_MAX, "x-overflow": "drop-head"},
     )
     await queue.bind(exchange, routing_key="")
+    await _retire_legacy_typing_queue(channel, name)
     return queue
+
+
+async def _retire_legacy_typing_queue(channel: AbstractChannel, name: str) -> None:
+    """Delete the classic typing queue of earlier versions once nothing consumes it (a writer or
+    notifier of an earlier version still may, during an upgrade). Its node may be down: then it
+    stays, unused, until it can be reached."""
+    try:
+        await channel.queue_delete(name, if_unused=True)
+    except AMQPError:
+        await channel.reopen()  # a refused delete closed it

@@ -147,7 +147,7 @@ class Writer:
 def create_app(settings: WriterSettings) -> web.Application:
     app, readiness = ops_app("writer")
     db = Database(settings.database_url, max_size=4, statement_cache=settings.db_statement_cache)
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis)
 
     async def setup(connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -157,10 +157,11 @@ def create_app(settings: WriterSettings) -> web.Application:
         await channel.close()
         await broker.consume_partitions(connection, group)
         typing_channel = await connection.channel()
-        await typing_channel.set_qos(prefetch_count=PREFETCH)
-        await broker.consume(typing_channel, await topology.declare_typing(typing_channel, topology.TYPING), typing)
+        queue = await topology.declare_typing(typing_channel, topology.TYPING)
+        await typing_channel.set_qos(prefetch_count=PREFETCH)  # after declaring: a refused declare reopens it
+        await broker.consume(typing_channel, queue, typing)
 
-    broker = Broker(settings.amqp_url, name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
+    broker = Broker(settings.amqp_urls, name=f"writer:{settings.instance_id}", setup=setup, on_fatal=fatal)
     writer = Writer(db, broker, settings.partitions)
     typing = TypingChecker(db, broker, RETRY)
     # what it remembers of its conversations may be stale once another writer held them

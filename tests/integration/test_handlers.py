@@ -231,10 +231,10 @@ async def test_an_event_the_notifier_cannot_route_fails_alone(stack):
         await client.set("chat:registry:since", 0)
 
         class Broken(Registry):
-            async def instances(self, user_ids):
+            async def instances(self, user_ids, fresh=()):
                 if "mallory" in user_ids:
                     raise KeyError("a bug that only this event triggers")
-                return await super().instances(user_ids)
+                return await super().instances(user_ids, fresh)
 
         fake = FakePublisher()
         notifier = Notifier(Broken(client), fake)

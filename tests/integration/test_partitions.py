@@ -14,6 +14,7 @@ import uuid
 
 import aio_pika
 
+from devtools.stack import wait_ready
 from shared import topology
 
 from ..harness import System, WsClient
@@ -261,6 +262,26 @@ async def test_a_writer_cut_off_from_redis_keeps_working_beside_one_that_is_not(
 
     pairs = await pairs_of(system, 16, "x")
     await burst(pairs, 20, "x")
+    await wait_all_echoed(pairs, 20, timeout=60)
+    await wait_all_received(pairs, 20, timeout=30)
+    assert await check_guarantees(system, pairs) == 320
+
+
+async def test_a_notifier_cut_off_from_redis_lets_its_partitions_go_to_one_that_is_not(system):
+    """A notifier cannot route without Redis: cut off from it, it holds no partition, so the
+    healthy one routes every event (a writer in the same split keeps working, above)."""
+    system.partitions = P
+    cut = system.spawn("notifier", env={"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"})
+    await wait_ready(cut.url, path="/healthz", proc=cut.proc)  # alive, and not ready: Redis is out of reach
+    healthy = await system.start("notifier")
+    await system.start_all(writers=1, notifiers=0, gateways=2)
+    await asyncio.sleep(3)  # longer than the cut one waits before giving its partitions up (it never had a lease)
+    active = system.active_consumers("chat.events.")
+    assert len(active) == P and set(active.values()) == {f"notifier-1-{healthy.port}"}  # the second one started
+    assert await system.metric(cut, "chat_partition_fallback") == 1
+
+    pairs = await pairs_of(system, 16, "n")
+    await burst(pairs, 20, "n")
     await wait_all_echoed(pairs, 20, timeout=60)
     await wait_all_received(pairs, 20, timeout=30)
     assert await check_guarantees(system, pairs) == 320

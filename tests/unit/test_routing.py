@@ -2,7 +2,7 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-from notifier.routing import BROADCAST, plan, users_of
+from notifier.routing import BROADCAST, plan, touched, users_of
 from shared.envelope import (
     CommandRejected,
     ConversationCreated,
@@ -89,6 +89,21 @@ def test_users_of_lists_each_recipient_once():
         ReadUpdated(conversation_id=CID, user_id="dave", last_read_seq=1, participants=["alice", "dave"]),
     ]
     assert users_of(events) == ["alice", "bob", "carol", "dave"]
+
+
+def test_the_users_whose_reads_change_are_the_ones_marked_fresh():
+    from shared.envelope import CommandRejected, ConversationCreated, Origin, TypingStarted
+
+    other = uuid.uuid4()
+    events = [
+        ReadUpdated(conversation_id=CID, user_id="dave", last_read_seq=1, participants=["alice", "dave"]),
+        TypingStarted(conversation_id=CID, user_id="erin", participants=["erin", "frank"]),
+        CommandRejected(origin=Origin("gw", "c"), code="rate_limited", message="slow down", action="send-message"),
+        stored(1),
+        ConversationCreated(conversation_id=other, title=None, is_group=False, participants=["gina", "alice"]),
+    ]
+    # a read moves only the reader's view; typing and refusals change nobody's reads
+    assert touched(events) == ["dave", "alice", "bob", "carol", "gina"]
 
 
 def test_registry_is_trusted_only_after_a_full_refresh_interval():

@@ -34,6 +34,18 @@ def test_instance_ids_are_unique_by_default():
         ({"CHAT_AMQP_URL": "http://mq"}, {"amqp": True}, "CHAT_AMQP_URL"),
         ({"CHAT_REDIS_URL": None}, {"redis": True}, "CHAT_REDIS_URL"),
         ({"CHAT_REDIS_URL": "redis://"}, {"redis": True}, "CHAT_REDIS_URL"),
+        # several engine nodes: every one is checked, not only the first
+        ({"CHAT_AMQP_URL": "amqp://mq1:5672/,http://mq2"}, {"amqp": True}, "CHAT_AMQP_URL"),
+        ({"CHAT_AMQP_URL": "amqp://mq1:5672/,amqp://mq2:notaport/"}, {"amqp": True}, "CHAT_AMQP_URL"),
+        ({"CHAT_DATABASE_URL": "postgresql://u@h1:5432,h2:x/chat"}, {"database": True}, "CHAT_DATABASE_URL"),
+        ({"CHAT_DATABASE_URL": "postgresql://u@h1:5432,/chat"}, {"database": True}, "CHAT_DATABASE_URL"),
+        ({"CHAT_REDIS_URL": None, "CHAT_REDIS_SENTINELS": "s1:26379"}, {"redis": True}, "CHAT_REDIS_SENTINEL_MASTER"),
+        ({"CHAT_REDIS_SENTINEL_MASTER": "chat"}, {"redis": True}, "CHAT_REDIS_SENTINELS"),
+        (
+            {"CHAT_REDIS_SENTINELS": "s1:26379,s2:99999", "CHAT_REDIS_SENTINEL_MASTER": "chat"},
+            {"redis": True},
+            "CHAT_REDIS_SENTINELS",
+        ),
         ({"CHAT_PORT": "eighty"}, {}, "CHAT_PORT"),
         ({"CHAT_PORT": "70000"}, {}, "CHAT_PORT"),
         ({"CHAT_PARTITIONS": "0"}, {}, "CHAT_PARTITIONS"),
@@ -125,20 +137,20 @@ def test_each_service_gets_its_settings_with_what_it_needs_simply_there():
     from shared.settings import load_gateway, load_migrate, load_notifier, load_query, load_writer
 
     gateway = load_gateway(BASE)
-    assert (gateway.amqp_url, gateway.redis_url, gateway.jwt.user_claim) == (
-        BASE["CHAT_AMQP_URL"],
+    assert (gateway.amqp_urls, gateway.redis.url, gateway.jwt.user_claim) == (
+        (BASE["CHAT_AMQP_URL"],),
         BASE["CHAT_REDIS_URL"],
         "cognito:username",
     )
     assert gateway.limits.max_connections_per_user == 10
     assert (gateway.flush_linger_ms, load_gateway({**BASE, "CHAT_FLUSH_LINGER_MS": "0"}).flush_linger_ms) == (30, 0)
     writer = load_writer(BASE)
-    assert (writer.database_url, writer.amqp_url, writer.redis_url) == (
+    assert (writer.database_url, writer.amqp_urls, writer.redis.url) == (
         BASE["CHAT_DATABASE_URL"],
-        BASE["CHAT_AMQP_URL"],
+        (BASE["CHAT_AMQP_URL"],),
         BASE["CHAT_REDIS_URL"],
     )
-    assert load_notifier(BASE).redis_url == BASE["CHAT_REDIS_URL"]
+    assert load_notifier(BASE).redis.url == BASE["CHAT_REDIS_URL"]
     assert load_query(BASE).web_gateways == ()
     assert load_migrate(BASE).database_url == BASE["CHAT_DATABASE_URL"]
     for loader, variable in (
@@ -161,3 +173,38 @@ def test_rest_limits_of_the_query_service():
         with pytest.raises(SettingsError) as info:
             load_query({**BASE, variable: value})
         assert str(info.value).startswith(variable)
+
+
+def test_clustered_engines_are_reached_by_lists_of_hosts():
+    from shared.settings import RedisSettings, load_query, load_writer
+
+    env = {
+        **BASE,
+        "CHAT_AMQP_URL": "amqp://u:p@mq-0:5672/chat, amqp://u:p@mq-1:5672/chat,amqp://u:p@[::1]:5673/chat",
+        "CHAT_DATABASE_URL": "postgresql://chat:pw@pg-0:5432,pg-1,[::1]:5433/chat?target_session_attrs=read-write",
+        "CHAT_REDIS_URL": "redis://:secret@ignored:6379/3",
+        "CHAT_REDIS_SENTINELS": "sentinel-0:26379,sentinel-1,sentinel-2:26380",
+        "CHAT_REDIS_SENTINEL_MASTER": "chat",
+    }
+    writer = load_writer(env)
+    assert writer.amqp_urls == (
+        "amqp://u:p@mq-0:5672/chat",
+        "amqp://u:p@mq-1:5672/chat",
+        "amqp://u:p@[::1]:5673/chat",
+    )
+    assert writer.database_url == env["CHAT_DATABASE_URL"]
+    assert writer.redis == RedisSettings(
+        url="redis://:secret@ignored:6379/3",
+        sentinels=(("sentinel-0", 26379), ("sentinel-1", 26379), ("sentinel-2", 26380)),
+        master="chat",
+    )
+    # the query service reads from standbys only with Redis, where the freshness marks live
+    assert load_query(BASE).database_read_url is None and load_query(BASE).redis is None
+    read = {**BASE, "CHAT_DATABASE_READ_URL": "postgresql://chat@pg-1,pg-2/chat"}
+    query = load_query(read)
+    assert query.database_read_url == read["CHAT_DATABASE_READ_URL"] and query.redis == RedisSettings(
+        url=BASE["CHAT_REDIS_URL"]
+    )
+    with pytest.raises(SettingsError) as info:
+        load_query({k: v for k, v in read.items() if k != "CHAT_REDIS_URL"})
+    assert str(info.value).startswith("CHAT_REDIS_URL")
