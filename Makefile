@@ -9,8 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps test-deps venv lint token clean
 
-run: deps venv ## start Postgres, Redis, RabbitMQ and the four services; Ctrl-C stops them all
-	$(PY) -m devtools.stack run
+run: deps venv ## start Postgres, Redis, RabbitMQ and the four services (CLUSTER=1: clustered engines); Ctrl-C stops them all
+	$(PY) -m devtools.stack run $(if $(CLUSTER),--cluster)
 
 test: deps test-deps venv ## the full test suite (starts its own private servers)
 	$(PY) -m pytest
@@ -49,8 +49,8 @@ lint: venv ## ruff (lint, import order, format check) and mypy --strict on the f
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-token: venv ## print a development token: make token USER=alice
-	@$(PY) -m devtools.tokens $(USER)
+token: venv ## print a development token: make token USER=alice (CLUSTER=1: for make run CLUSTER=1)
+	@$(PY) -m devtools.tokens $(USER) $(if $(CLUSTER),--state .state-cluster)
 
 clean:
 	rm -rf .state $(VENV) *.egg-info

@@ -12,6 +12,9 @@ evenly over the users. Latency is measured from just before a send to the arriva
 Step mode runs each rate in turn and reports the highest one that kept p99 <= 200 ms with
 nothing lost. ``--peer`` measures the peer of issue 11 instead (bench/peer: Django Channels'
 chat tutorial saving each message through the ORM, one daphne process; the ``peer`` extra).
+``--cluster`` runs the services on clustered engines instead (devtools/cluster.py: three RabbitMQ
+nodes, a Postgres primary with a synchronous standby, Redis with Sentinel; ports 26441-26454),
+reached by their lists of hosts, as ``make run CLUSTER=1`` runs them.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import asyncpg
 import msgspec
 
 from bench import cpu
-from devtools.stack import metric_sum, private_system, service_env, spawn_service, wait_ready
+from devtools.stack import metric_sum, private_cluster, private_system, service_env, spawn_service, wait_ready
 from shared import stalls
 from shared.auth import mint
+from shared.db import session_target
 from shared.service import install_uvloop, tune_gc
 from shared.settings import DEFAULT_PARTITIONS
 
@@ -292,7 +296,7 @@ async def start_peer(stack, state: Path, procs: list, conn_max_age: int) -> None
 
 async def create_conversations(dsn: str, users: list[str], conversations: list[str], size: int) -> None:
     """Users in order, ``size`` to a conversation (the last may be smaller), as the senders pick them."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, target_session_attrs=session_target(dsn))  # the primary, of several hosts
     for g, cid in enumerate(conversations):
         members = users[g * size : (g + 1) * size]
         await conn.execute(
@@ -342,16 +346,16 @@ RATES = (
 
 
 def cpu_groups(stack, procs) -> dict[str, list[int]]:
-    """The processes whose CPU the benchmark reports: each service kind, and each server."""
+    """The processes whose CPU the benchmark reports: each service kind, and each server (every
+    node of a clustered one)."""
     groups: dict[str, list[int]] = {}
     for proc in procs:
         name = Path(proc.args[0]).name.removeprefix("chat-")
         groups.setdefault(name, []).append(proc.pid)
-    if "daphne" not in groups:  # the peer uses Postgres alone
-        groups["rabbitmq"] = [stack.rabbitmq.proc.pid]
-        groups["redis"] = [stack.redis.proc.pid]
-    groups["postgres"] = [cpu.postmaster_pid(stack.postgres.data)]
-    return groups
+    servers = stack.cpu_roots()
+    if "daphne" in groups:  # the peer uses Postgres alone
+        servers = {"postgres": servers["postgres"]}
+    return groups | servers
 
 
 async def hops(
@@ -396,8 +400,11 @@ def shares(before: list[float], after: list[float]) -> list[float]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    async with private_system("chat-bench-", 26430, fsync=True) as (stack, state, procs):
-        dsn = stack.postgres.dsn()
+    servers = (
+        private_cluster("chat-bench-", 26440) if args.cluster else private_system("chat-bench-", 26430, fsync=True)
+    )
+    async with servers as (stack, state, procs):
+        dsn = stack.env()["CHAT_DATABASE_URL"]
         env = {
             **os.environ,
             **service_env(stack, SECRET),
@@ -548,8 +555,8 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.keep_logs:
             keep = Path(args.keep_logs)
             keep.mkdir(parents=True, exist_ok=True)
-            for log in [*state.glob("*.log"), state / "postgres" / "postgres.log", *state.glob("rabbitmq/log/*.log")]:
-                shutil.copy(log, keep / log.name)
+            for log in state.rglob("*.log"):  # the services', and every server's (of each node)
+                shutil.copy(log, keep / f"{log.parent.name}-{log.name}")
             print(f"logs kept in {keep}")
 
 
@@ -577,6 +584,11 @@ def main() -> None:
         "conversation per second per socket",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="clustered engines (three RabbitMQ nodes, a Postgres primary and synchronous standby, Redis with Sentinel)",
+    )
+    parser.add_argument(
         "--peer",
         action="store_true",
         help="measure the peer instead (bench/peer: Django Channels' chat tutorial saving each message with the ORM)",
@@ -590,6 +602,8 @@ def main() -> None:
     parser.add_argument("--keep-going", action="store_true", help="step mode: run every rate, even after one fails")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' and servers' logs here at the end")
     args = parser.parse_args()
+    if args.peer and args.cluster:
+        parser.error("--peer runs on one Postgres: drop --cluster")
     if args.peer:
         if importlib.util.find_spec("channels") is None or not (BIN / "daphne").exists():
             parser.error("--peer needs the peer extra: pip install -e '.[peer]'")

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from shared.migrate import migrate
 
@@ -98,6 +99,7 @@ class Postgres:
     state: Path
     port: int
     fsync: bool = True
+    options: str = ""  # more -c settings (a primary's synchronous standby, a standby's apply delay)
 
     @property
     def data(self) -> Path:
@@ -130,6 +132,8 @@ class Postgres:
         options += " -c autovacuum_naptime=5s"  # rewritten rows are vacuumed often (migration 0005)
         if not self.fsync:
             options += " -c fsync=off -c full_page_writes=off"
+        if self.options:
+            options += f" {self.options}"
         pid_file = self.data / "postmaster.pid"
         if pid_file.exists():  # left by a crash: pg_ctl start copes if the pid is dead
             self.stop()
@@ -151,7 +155,15 @@ class Postgres:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        self.ensure_database("chat")
+        if not (self.data / "standby.signal").exists():  # a standby has the primary's databases
+            self.ensure_database("chat")
+
+    def sql(self, *statements: str, database: str = "postgres") -> str:
+        """Run ``statements`` with psql, each on its own (outside a transaction); their output."""
+        psql = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "chat", "-d", database, "-tAq"]
+        return subprocess.run(
+            [*psql, *(arg for sql in statements for arg in ("-c", sql))], check=True, capture_output=True, text=True
+        ).stdout
 
     def ensure_database(self, name: str, template: str | None = None) -> None:
         psql = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "chat", "-d", "postgres", "-tAq"]
@@ -173,6 +185,23 @@ class Postgres:
                 stderr=subprocess.DEVNULL,
             )
 
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def kill(self) -> None:
+        """kill -9 of the postmaster and every process it started, as when its machine dies. It
+        stays dead: a killed primary is replaced by its standby (devtools/cluster.py)."""
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        postmaster = int(pid_file.read_text().split()[0])
+        for pid in [*children_of(postmaster), postmaster]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pid_file.unlink(missing_ok=True)
+
     def crash(self) -> None:
         """Stop as a crash would: every process quits at once, no shutdown checkpoint, and the next
         start replays the WAL (``pg_ctl stop -m immediate``; a SIGKILL of the postmaster alone would
@@ -185,6 +214,7 @@ class Redis:
     state: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more options, e.g. ("--replicaof", "127.0.0.1", "<port>")
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -210,12 +240,20 @@ class Redis:
                 "no",
                 "--protected-mode",
                 "no",
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         _wait_port(self.port, 20, self.proc)
+
+    def kill(self) -> None:
+        """kill -9, as when its machine dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -236,10 +274,16 @@ class RabbitMQ:
     epmd_port: int
     name: str = "chat"
     proc: subprocess.Popen[bytes] | None = None
+    config: str = ""  # more rabbitmq.conf lines (a cluster's peers and partition handling)
+    own_epmd: bool = True  # stop the epmd on epmd_port with the node (a cluster's nodes share one)
 
     @property
     def node(self) -> str:
         return f"{self.name}@localhost"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state / "node.pid"
 
     def url(self, vhost: str = "/") -> str:
         from urllib.parse import quote
@@ -255,6 +299,7 @@ class RabbitMQ:
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "RABBITMQ_MNESIA_BASE": str(self.state / "mnesia"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
             "RABBITMQ_LOG_BASE": str(self.state / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.state / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(self.state / "rabbitmq"),
@@ -279,7 +324,9 @@ class RabbitMQ:
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         (self.state / "enabled_plugins").write_text("[].\n")
         # guest may connect over loopback only (the default); keep the disk alarm low for small disks
-        (self.state / "rabbitmq.conf").write_text("disk_free_limit.absolute = 50MB\nloopback_users.guest = true\n")
+        (self.state / "rabbitmq.conf").write_text(
+            "disk_free_limit.absolute = 50MB\nloopback_users.guest = true\n" + self.config
+        )
         (self.state / "advanced.config").write_text("[].\n")
         (self.state / "rabbitmq-env.conf").write_text("")
         if IS_ROOT:
@@ -300,6 +347,26 @@ class RabbitMQ:
                 raise RuntimeError(f"rabbitmq did not start: {result.stderr.strip()[:500]}")
             time.sleep(0.5)
 
+    def kill(self) -> None:
+        """kill -9 of the node, as when its machine dies: the Erlang VM (whose pid it writes to its
+        pid file) and everything in its process group (``su``, as root, starts it in a session of
+        its own, so that is not ours). Its data stays: :meth:`start` brings it back into its cluster."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            # our node's VM, not a process that took a stale file's pid
+            if f"-epmd_port {self.epmd_port}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(
+                b"\0", b" "
+            ):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # not running
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+        self.proc = None
+        self.pid_file.unlink(missing_ok=True)
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -308,20 +375,33 @@ class RabbitMQ:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.kill()
         self.proc = None
-        # our own epmd (on our private port) outlives the node; stop it too
-        epmd = shutil.which("epmd") or "/usr/bin/epmd"
-        subprocess.run(
-            [epmd, "-port", str(self.epmd_port), "-kill"],
-            capture_output=True,
-            env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)},
-        )
+        if self.own_epmd:
+            stop_epmd(self.epmd_port)
 
     def add_vhost(self, vhost: str) -> None:
         self.ctl("add_vhost", vhost)
         self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+
+def stop_epmd(port: int) -> None:
+    """Our own epmd (on a private port) outlives the nodes that started it; stop it too."""
+    epmd = shutil.which("epmd") or "/usr/bin/epmd"
+    subprocess.run(
+        [epmd, "-port", str(port), "-kill"], capture_output=True, env={**os.environ, "ERL_EPMD_PORT": str(port)}
+    )
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (from /proc; empty if it is gone)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 @dataclass
@@ -356,6 +436,36 @@ class Stack:
             except Exception as exc:  # keep stopping the others
                 print(f"devstack: stopping {server.__class__.__name__} failed: {exc}", file=sys.stderr)
 
+    def env(self, database: str = "chat", vhost: str = "/") -> dict[str, str]:
+        """The services' settings for the three servers."""
+        return {
+            "CHAT_DATABASE_URL": self.postgres.dsn(database),
+            "CHAT_AMQP_URL": self.rabbitmq.url(vhost),
+            "CHAT_REDIS_URL": self.redis.url(),
+        }
+
+    def describe(self) -> str:
+        return f"  Postgres {self.postgres.dsn()}\n  RabbitMQ {self.rabbitmq.url()}\n  Redis    {self.redis.url()}\n"
+
+    def cpu_roots(self) -> dict[str, list[int]]:
+        """Each server's root processes (their descendants count with them), for CPU sampling."""
+        assert self.rabbitmq.proc is not None and self.redis.proc is not None
+        return {
+            "rabbitmq": [self.rabbitmq.proc.pid],
+            "redis": [self.redis.proc.pid],
+            "postgres": [self.postgres.postmaster_pid()],
+        }
+
+
+class Engines(Protocol):
+    """What ``make run`` needs of its servers: one node of each (Stack) or clusters (devtools/cluster.py)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def env(self, database: str = ..., vhost: str = ...) -> dict[str, str]: ...
+    def describe(self) -> str: ...
+    def cpu_roots(self) -> dict[str, list[int]]: ...
+
 
 def dev_secret(state: Path) -> str:
     path = state / "jwt-secret"
@@ -369,14 +479,8 @@ def dev_secret(state: Path) -> str:
 SERVICES = ("writer", "notifier", "gateway", "query")
 
 
-def service_env(stack: Stack, secret: str) -> dict[str, str]:
-    return {
-        "CHAT_DATABASE_URL": stack.postgres.dsn(),
-        "CHAT_AMQP_URL": stack.rabbitmq.url(),
-        "CHAT_REDIS_URL": stack.redis.url(),
-        "CHAT_JWT_SECRET": secret,
-        "CHAT_DEV_LOGIN": "true",
-    }
+def service_env(stack: Engines, secret: str) -> dict[str, str]:
+    return {**stack.env(), "CHAT_JWT_SECRET": secret, "CHAT_DEV_LOGIN": "true"}
 
 
 def _bin(name: str) -> str:
@@ -423,19 +527,45 @@ async def private_system(
     folder and a list to put service processes in; on exit stops those, then the servers."""
     state = Path(tempfile.mkdtemp(prefix=prefix))
     stack = Stack.at(state, base_port, fsync=fsync)
+    async with _running(stack, state) as procs:
+        yield stack, state, procs
+
+
+@asynccontextmanager
+async def private_cluster(
+    prefix: str, base_port: int
+) -> AsyncIterator[tuple[Engines, Path, list[subprocess.Popen[bytes]]]]:
+    """:func:`private_system` with the clustered engines of devtools/cluster.py."""
+    from .cluster import ClusterStack  # it builds on this module's servers
+
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    state.chmod(0o755)
+    stack = ClusterStack.at(state, base_port)
+    async with _running(stack, state) as procs:
+        yield stack, state, procs
+
+
+@asynccontextmanager
+async def _running(stack: Engines, state: Path) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         await asyncio.to_thread(stack.start)
-        await migrate(stack.postgres.dsn())
-        yield stack, state, procs
+        await migrate(stack.env()["CHAT_DATABASE_URL"])
+        yield procs
     finally:
         await asyncio.to_thread(stop_processes, procs)
         await asyncio.to_thread(stack.stop)
         shutil.rmtree(state, ignore_errors=True)
 
 
-def run(state: Path, base_port: int) -> int:
-    stack = Stack.at(state, base_port)
+def run(state: Path, base_port: int, cluster: bool = False) -> int:
+    stack: Engines
+    if cluster:
+        from .cluster import ClusterStack  # it builds on this module's servers
+
+        stack = ClusterStack.at(state, base_port)
+    else:
+        stack = Stack.at(state, base_port)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -445,7 +575,12 @@ def run(state: Path, base_port: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"devstack: starting Postgres, Redis and RabbitMQ in {state} ...", flush=True)
+    kind = (
+        "a Postgres primary and standby, Redis with Sentinels, 3 RabbitMQ nodes"
+        if cluster
+        else "Postgres, Redis and RabbitMQ"
+    )
+    print(f"devstack: starting {kind} in {state} ...", flush=True)
     try:
         stack.start()
         secret = dev_secret(state)
@@ -464,9 +599,7 @@ def run(state: Path, base_port: int) -> int:
             "  query    (REST)       http://127.0.0.1:8081/conversations\n"
             "  writer   (ops)        http://127.0.0.1:8082/readyz\n"
             "  notifier (ops)        http://127.0.0.1:8083/readyz\n"
-            f"  Postgres {stack.postgres.dsn()}\n"
-            f"  RabbitMQ {stack.rabbitmq.url()}\n"
-            f"  Redis    {stack.redis.url()}\n"
+            f"{stack.describe()}"
             f"  logs     {logs}/<service>.log\n\n"
             "Mint a token:  make token USER=alice\n"
             "Press Ctrl-C to stop everything.\n",
@@ -489,12 +622,17 @@ def run(state: Path, base_port: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run"])
-    parser.add_argument("--state", default=".state", help="state folder (default .state)")
+    parser.add_argument("--cluster", action="store_true", help="clustered engines (devtools/cluster.py)")
+    parser.add_argument("--state", help="state folder (default .state, or .state-cluster with --cluster)")
     parser.add_argument(
-        "--base-port", type=int, default=17430, help="Postgres on base+1, Redis base+2, AMQP base+3 (default 17430)"
+        "--base-port",
+        type=int,
+        help="Postgres on base+1, Redis base+2, AMQP base+3 (default 17430); with --cluster, base+1 to base+14 (default 17440)",
     )
     args = parser.parse_args()
-    raise SystemExit(run(Path(args.state).resolve(), args.base_port))
+    state = args.state or (".state-cluster" if args.cluster else ".state")
+    base_port = args.base_port or (17440 if args.cluster else 17430)
+    raise SystemExit(run(Path(state).resolve(), base_port, cluster=args.cluster))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import asyncpg
 from devtools.stack import Stack, metric_sum, spawn_service, wait_ready
 from query.store import direct_key
 from shared.auth import mint
+from shared.db import session_target
 
 from .protocol import problems
 
@@ -198,6 +199,10 @@ class System:
     partitions: int = 4
     services: list[Service] = field(default_factory=list)
     clients: list[WsClient] = field(default_factory=list)
+    # the engines' settings, when a test runs on others than the session's one-node servers (clusters)
+    engines: dict[str, str] = field(default_factory=dict)
+    # rabbitmqctl against the broker the services use
+    ctl: Callable[..., subprocess.CompletedProcess[str]] | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -205,11 +210,15 @@ class System:
             "CHAT_DATABASE_URL": self.stack.postgres.dsn(self.database),
             "CHAT_AMQP_URL": self.stack.rabbitmq.url(self.vhost),
             "CHAT_REDIS_URL": self.stack.redis.url(self.redis_db),
+            **self.engines,
             "CHAT_JWT_SECRET": SECRET,
             "CHAT_PARTITIONS": str(self.partitions),
             "CHAT_HOST": "127.0.0.1",
             "CHAT_LOG_LEVEL": "info",
         }
+
+    def rabbitmqctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.ctl(*args) if self.ctl is not None else self.stack.rabbitmq.ctl(*args)
 
     def spawn(self, name: str, env: dict[str, str] | None = None, port: int | None = None) -> Service:
         port = port or free_port()
@@ -296,7 +305,7 @@ class System:
 
     def active_consumers(self, queue_prefix: str) -> dict[str, str]:
         """The broker's view: queue -> instance id of its active consumer (tags are ``<kind>:<instance>:<p>``)."""
-        out = self.stack.rabbitmq.ctl(
+        out = self.rabbitmqctl(
             "list_consumers", "-p", self.vhost, "queue_name", "consumer_tag", "active", "--quiet", "--no-table-headers"
         ).stdout
         active: dict[str, str] = {}
@@ -313,7 +322,9 @@ class System:
         return metric_sum(text, name)
 
     async def db(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.stack.postgres.dsn(self.database))
+        """A connection to the primary (of several hosts, the one that takes writes)."""
+        dsn = self.engines.get("CHAT_DATABASE_URL") or self.stack.postgres.dsn(self.database)
+        return await asyncpg.connect(dsn, target_session_attrs=session_target(dsn))
 
     async def count_messages(self) -> int:
         conn = await self.db()
@@ -350,8 +361,8 @@ class System:
                 await asyncio.wait_for(client.close(), 5)
             except Exception:
                 pass
-        for service in self.services:
-            service.terminate(timeout=15)
+        # all at once, off the event loop: a test's proxies run on it, and a service stopping may need them
+        await asyncio.gather(*(asyncio.to_thread(service.terminate, 15) for service in self.services))
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name} :{s.port}\n{s.output()[-3000:]}" for s in self.services)

@@ -11,6 +11,8 @@ import uuid
 import aiohttp
 import redis.asyncio as aioredis
 
+from devtools.proxy import TcpProxy
+
 from ..harness import System, WsClient, token
 from .test_resilience import echoes
 
@@ -148,7 +150,7 @@ async def test_an_expired_token_closes_the_socket_and_authenticate_moves_that_mo
 async def test_a_gateway_cut_off_from_redis_closes_its_sockets_with_1012(system):
     """Redis unreachable from one gateway for longer than a lease: its clients are told to
     reconnect (1012) rather than wait on sockets that events can no longer find."""
-    proxy = await TcpProxy.start("127.0.0.1", system.stack.redis.port)
+    proxy = await TcpProxy.start([("127.0.0.1", system.stack.redis.port)])
     try:
         await system.start_all(gateways=0)
         await system.start("gateway", env={"CHAT_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/{system.redis_db}"})
@@ -158,50 +160,10 @@ async def test_a_gateway_cut_off_from_redis_closes_its_sockets_with_1012(system)
             assert 0 < await client.ttl("chat:registry:since") <= 60  # the marker lapses with the leases
         finally:
             await client.aclose()
-        await proxy.cut()
+        await proxy.close()  # Redis is out of the gateway's reach from now on
         assert await alice.wait_closed(timeout=45) == 1012
     finally:
-        await proxy.cut()
-
-
-class TcpProxy:
-    """A loopback TCP forwarder the test can cut, like a network split."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.base_events.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-
-    @classmethod
-    async def start(cls, host: str, port: int) -> "TcpProxy":
-        proxy = cls()
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection(host, port)
-            proxy.writers += [writer, up_writer]
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        proxy.server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        proxy.port = proxy.server.sockets[0].getsockname()[1]
-        return proxy
-
-    async def cut(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for writer in self.writers:
-            writer.transport.abort()
-        self.writers.clear()
+        await proxy.close()
 
 
 async def test_a_temp_id_reused_in_another_conversation_is_refused_not_echoed(system):

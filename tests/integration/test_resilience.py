@@ -200,7 +200,7 @@ async def reliable_sender(client: WsClient, cid: uuid.UUID, count: int, tag: str
 
 
 def consumers_per_queue(system: System) -> dict[str, int]:
-    out = system.stack.rabbitmq.ctl(
+    out = system.rabbitmqctl(
         "list_queues", "-p", system.vhost, "name", "consumers", "--quiet", "--no-table-headers"
     ).stdout
     return {line.split()[0]: int(line.split()[1]) for line in out.strip().splitlines() if line.strip()}
