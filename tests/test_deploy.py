@@ -32,6 +32,7 @@ CRDS = {
         o["spec"]["instances"] >= 3
         and o["spec"]["storage"]["size"]
         and o["spec"]["postgresql"]["parameters"]["autovacuum_naptime"] == "5s"  # migration 0005
+        and o["spec"]["minSyncReplicas"] >= 1  # a fail-over loses nothing confirmed (docs/protocol.md section 4)
     ),
     ("databases.spotahome.com/v1", "RedisFailover"): lambda o: o["spec"]["sentinel"]["replicas"] >= 3,
 }
