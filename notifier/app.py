@@ -160,7 +160,13 @@ def create_app(settings: NotifierSettings) -> web.Application:
     group = PartitionGroup(broker, topology.event_queue, notifier)
     # without Redis a notifier cannot route: cut off from it, it lets its partitions go to replicas that can
     membership = Membership(
-        redis, "notifier", settings.instance_id, settings.partitions, group.want, works_without_redis=False
+        redis,
+        "notifier",
+        settings.instance_id,
+        settings.partitions,
+        group.want,
+        works_without_redis=False,
+        consuming=lambda: broker.ready,
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

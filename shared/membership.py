@@ -74,9 +74,14 @@ class Membership:
         on_change: OnChange,
         *,
         works_without_redis: bool = True,
+        consuming: Callable[[], bool] = lambda: True,
     ) -> None:
         self.redis = redis
         self.works_without_redis = works_without_redis
+        # whether this replica can consume now (connected to the broker): a replica that cannot
+        # stops renewing its lease, so that the others take its partitions once it lapses
+        self.consuming = consuming
+        self._paused = False
         self.kind = kind
         self.key = members_key(kind)
         self.instance_id = instance_id
@@ -95,7 +100,17 @@ class Membership:
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     async def tick(self) -> None:
-        """One beat: renew, recompute, and apply the change if there is one."""
+        """One beat: renew, recompute, and apply the change if there is one. Not while this
+        replica cannot consume: its lease then lapses and the others take its partitions (a
+        reconnect shorter than the lease changes nothing)."""
+        if not self.consuming():
+            if not self._paused and self._renewed_at is not None:  # (at start it simply has not begun)
+                log.warning("membership_paused", reason="not connected to the broker")
+            self._paused = True
+            return
+        if self._paused and self._renewed_at is not None:
+            log.info("membership_resumed")
+        self._paused = False
         try:
             members = await self.heartbeat()
         except REDIS_ERRORS as exc:

@@ -166,7 +166,9 @@ def create_app(settings: WriterSettings) -> web.Application:
     typing = TypingChecker(db, broker, RETRY)
     # what it remembers of its conversations may be stale once another writer held them
     group = PartitionGroup(broker, topology.command_queue, writer, on_change=writer.known.clear)
-    membership = Membership(redis, "writer", settings.instance_id, settings.partitions, group.want)
+    membership = Membership(
+        redis, "writer", settings.instance_id, settings.partitions, group.want, consuming=lambda: broker.ready
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         db.start()

@@ -14,12 +14,13 @@ import uuid
 
 import aio_pika
 
+from devtools.proxy import TcpProxy
 from devtools.stack import wait_ready
 from shared import topology
 
 from ..harness import System, WsClient
 from ..protocol import problems
-from .test_resilience import burst, check_guarantees, echoes, pairs_of, wait_all_echoed, wait_all_received
+from .test_resilience import burst, check_guarantees, echoes, pairs_of, wait_all_echoed, wait_all_received, wait_until
 
 P = 8
 
@@ -285,6 +286,35 @@ async def test_a_notifier_cut_off_from_redis_lets_its_partitions_go_to_one_that_
     await wait_all_echoed(pairs, 20, timeout=60)
     await wait_all_received(pairs, 20, timeout=30)
     assert await check_guarantees(system, pairs) == 320
+
+
+async def test_a_writer_cut_off_from_the_broker_lets_its_partitions_go(system):
+    """A writer that reaches Redis but not the broker (its node down, a split) would keep its lease
+    and, with it, partitions nobody consumes: it stops renewing, and the others take them."""
+    system.partitions = P
+    proxy = await TcpProxy.start([("127.0.0.1", system.stack.rabbitmq.port)])
+    try:
+        cut = await system.start(
+            "writer", env={"CHAT_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{system.vhost}"}
+        )
+        healthy = await system.start("writer")
+        await system.start_all(writers=0, notifiers=1, gateways=2)
+        await wait_until(lambda: _consumed_by(system, {cut.port, healthy.port}), timeout=30)
+        await proxy.close()  # the broker is out of the cut one's reach from now on
+        await wait_until(lambda: _consumed_by(system, {healthy.port}), timeout=20)
+        pairs = await pairs_of(system, 8, "cut")
+        await burst(pairs, 10, "cut")
+        await wait_all_echoed(pairs, 10, timeout=60)
+        assert await check_guarantees(system, pairs) == 80
+        assert '"membership_paused"' in cut.output()
+    finally:
+        await proxy.close()
+
+
+async def _consumed_by(system: System, ports: set[int]) -> bool:
+    """Every command partition has an active consumer, and those are exactly the writers on ``ports``."""
+    active = await asyncio.to_thread(system.active_consumers, "chat.commands.")
+    return len(active) == P and {int(i.rsplit("-", 1)[1]) for i in active.values()} == ports
 
 
 async def test_a_stalled_partition_does_not_hold_the_others(system):
