@@ -33,6 +33,7 @@ LEASE_SECONDS = 10.0
 BEAT_SECONDS = 2.0
 # Stop trusting our own lease this long before it lapses: by then the others may take our partitions.
 MARGIN_SECONDS = 3.0
+PAUSED_POLL_SECONDS = 0.1
 
 # KEYS[1]: the member set; ARGV[1]: this instance; ARGV[2]: lease in ms. Returns the live members.
 BEAT = """
@@ -159,7 +160,10 @@ class Membership:
                 raise
             except Exception:  # a bug here must not stop the beat: log it and try again next beat
                 log.exception("membership_tick_failed")
-            await asyncio.sleep(max(0.0, BEAT_SECONDS - (time.monotonic() - started)))
+            # while it cannot consume, look often: the first beat after the broker (re)connects
+            # should not wait for the next round (at start, it is when the first messages get a consumer)
+            interval = PAUSED_POLL_SECONDS if self._paused else BEAT_SECONDS
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def leave(self) -> None:
         """Graceful leave: drop our lease so the others take our partitions at their next beat."""
