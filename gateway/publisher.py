@@ -145,7 +145,7 @@ class CommandPublisher:
             if isinstance(item[0], StartTyping):
                 typing.append(item[0])
             else:
-                grouped[topology.partition(item[0].conversation_id, self.partitions)].append(item)
+                grouped[topology.command_partition(item[0], self.partitions)].append(item)
         FLUSH_SIZE.observe(len(batch))
 
         async def ephemeral() -> None:

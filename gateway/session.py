@@ -17,7 +17,16 @@ import prometheus_client
 
 from shared import frames, tracing
 from shared.auth import AuthError, AuthUnavailable, Identity
-from shared.envelope import Command, Origin, ReadMessages, SendMessage, StartTyping
+from shared.envelope import (
+    Command,
+    DeleteMessage,
+    EditMessage,
+    Origin,
+    React,
+    ReadMessages,
+    SendMessage,
+    StartTyping,
+)
 from shared.log import get_logger
 from shared.ratelimit import TokenBucket
 
@@ -90,7 +99,9 @@ class Session:
 
     def handle(self, text: str) -> None:
         """One text frame, e.g. ``{"action":"send-message","tempMessageId":"t1","conversationId":"<uuid>",
-        "content":"hi"}``; answers problems with ``{"type":"error","code":...,"message":...}``."""
+        "content":"hi"}`` or ``{"action":"react","messageId":"<uuid>","emoji":"👍","on":true}``; answers
+        problems with ``{"type":"error","code":...,"message":...}`` (plus the frame's ``action``,
+        ``tempMessageId`` or ``messageId``)."""
         self.received += 1
         if not self.frames.take():
             self._strike("frames")  # beyond the frame budget: dropped unread, no reply to amplify
@@ -98,7 +109,9 @@ class Session:
         try:
             frame = frames.parse(text)
         except frames.FrameError as exc:
-            self._refuse(exc.code, exc.message, action=exc.action, temp_message_id=exc.temp_message_id)
+            self._refuse(
+                exc.code, exc.message, action=exc.action, temp_message_id=exc.temp_message_id, message_id=exc.message_id
+            )
             return
         if isinstance(frame, frames.HeartbeatFrame):
             FRAMES_IN_BY["heartbeat"].inc()
@@ -126,21 +139,65 @@ class Session:
             )
         elif isinstance(frame, frames.TypingFrame):
             self._typing(frame.conversation_id)
+        elif isinstance(frame, frames.EditFrame):
+            self._command(
+                "edit-message",
+                EditMessage(
+                    user_id=self.user_id, message_id=frame.message_id, content=frame.content, origin=self.origin
+                ),
+                message_id=frame.message_id,
+            )
+        elif isinstance(frame, frames.DeleteFrame):
+            self._command(
+                "delete-message",
+                DeleteMessage(user_id=self.user_id, message_id=frame.message_id, origin=self.origin),
+                message_id=frame.message_id,
+            )
+        elif isinstance(frame, frames.ReactFrame):
+            self._command(
+                "react",
+                React(
+                    user_id=self.user_id,
+                    message_id=frame.message_id,
+                    emoji=frame.emoji,
+                    on=frame.on,
+                    origin=self.origin,
+                ),
+                message_id=frame.message_id,
+            )
 
     def binary(self) -> None:
         self._refuse("invalid_frame", "frames must be JSON text")
 
-    def _command(self, action: str, command: Command, temp_message_id: str | None = None) -> None:
+    def _command(
+        self,
+        action: str,
+        command: Command,
+        temp_message_id: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> None:
         FRAMES_IN_BY[action].inc()
-        if not self.limits.allow(action):
-            self._refuse("rate_limited", "too many frames, slow down", action=action, temp_message_id=temp_message_id)
+        shown_id = str(message_id) if message_id is not None else None
+        # edits, deletes and reactions count against the sender's send-message limit
+        if not self.limits.allow("send-message" if action in frames.MESSAGE_ACTIONS else action):
+            self._refuse(
+                "rate_limited",
+                "too many frames, slow down",
+                action=action,
+                temp_message_id=temp_message_id,
+                message_id=shown_id,
+            )
             return
         conn = self.conn
 
         def unavailable(reason: str) -> None:
             conn.push(
                 frames.error(
-                    "unavailable", "could not accept this, retry", action=action, temp_message_id=temp_message_id
+                    "unavailable",
+                    "could not accept this, retry",
+                    action=action,
+                    temp_message_id=temp_message_id,
+                    message_id=shown_id,
                 )
             )
 
@@ -163,10 +220,18 @@ class Session:
         self.gw.publisher.submit(StartTyping(user_id=self.user_id, conversation_id=conversation_id, origin=self.origin))
 
     def _refuse(
-        self, code: str, message: str, *, action: str | None = None, temp_message_id: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        action: str | None = None,
+        temp_message_id: str | None = None,
+        message_id: str | None = None,
     ) -> None:
         FRAME_ERRORS.labels(code).inc()
-        self.conn.push(frames.error(code, message, action=action, temp_message_id=temp_message_id))
+        self.conn.push(
+            frames.error(code, message, action=action, temp_message_id=temp_message_id, message_id=message_id)
+        )
         self._strike(code)
 
     def _strike(self, why: str) -> None:

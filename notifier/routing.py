@@ -19,6 +19,7 @@ from shared.envelope import (
     Delivery,
     Event,
     MessageStored,
+    MessageUpdated,
     ReadUpdated,
     TypingStarted,
 )
@@ -37,8 +38,21 @@ def recipients(event: Event) -> list[tuple[str, list[str]]]:
             content=event.content,
             sent_at=event.sent_at,
             seq=event.seq,
+            change=event.change or None,
         )
         return [(frame, event.participants)]
+    if isinstance(event, MessageUpdated):
+        updated = frames.message_updated(
+            conversation_id=event.conversation_id,
+            message_id=event.message_id,
+            seq=event.seq,
+            change=event.change,
+            content=event.content,
+            edited_at=event.edited_at,
+            deleted=event.deleted,
+            reactions=[{"emoji": r.emoji, "userIds": r.user_ids} for r in event.reactions],
+        )
+        return [(updated, event.participants)]
     if isinstance(event, ReadUpdated):
         others = [u for u in event.participants if u != event.user_id]
         own = frames.read_messages(
@@ -89,7 +103,7 @@ def touched(events: list[Event]) -> list[str]:
     while (shared/registry.py, ``chat:fresh:<user>``), so a standby behind it cannot hide them."""
     seen: dict[str, None] = {}
     for event in events:
-        if isinstance(event, MessageStored | ConversationCreated):
+        if isinstance(event, MessageStored | MessageUpdated | ConversationCreated):
             seen.update(dict.fromkeys(event.participants))
         elif isinstance(event, ReadUpdated):
             seen[event.user_id] = None  # only the reader's own view (lastReadSeq, unread counts) moved
@@ -101,7 +115,13 @@ def plan(events: list[Event], located: dict[str, set[str]], trusted: bool) -> di
     out: dict[str | None, list[Delivery]] = defaultdict(list)
     for event in events:
         if isinstance(event, CommandRejected):
-            frame = frames.error(event.code, event.message, action=event.action, temp_message_id=event.temp_message_id)
+            frame = frames.error(
+                event.code,
+                event.message,
+                action=event.action,
+                temp_message_id=event.temp_message_id,
+                message_id=str(event.message_id) if event.message_id is not None else None,
+            )
             out[event.origin.instance].append(Delivery(frame=frame, users=[], conn=event.origin.conn))
             continue
         accepted_at = event.accepted_at if isinstance(event, MessageStored) else None

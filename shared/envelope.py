@@ -56,7 +56,38 @@ class StartTyping(msgspec.Struct, tag="typing", tag_field="type", frozen=True):
     origin: Origin
 
 
-Command = SendMessage | ReadMessages | StartTyping
+# Commands on one message: the gateway knows only the message's id, which it routes by (a message
+# id carries its conversation's partition, shared/topology.py: message_partition). The writer finds
+# the conversation; a command that reached another partition than its conversation's (a message of
+# an earlier version, whose id is random) is sent on to the right one with ``conversation_id`` set.
+
+
+class EditMessage(msgspec.Struct, tag="edit-message", tag_field="type", frozen=True):
+    user_id: str
+    message_id: uuid.UUID
+    content: str
+    origin: Origin
+    conversation_id: uuid.UUID | None = None
+
+
+class DeleteMessage(msgspec.Struct, tag="delete-message", tag_field="type", frozen=True):
+    user_id: str
+    message_id: uuid.UUID
+    origin: Origin
+    conversation_id: uuid.UUID | None = None
+
+
+class React(msgspec.Struct, tag="react", tag_field="type", frozen=True):
+    user_id: str
+    message_id: uuid.UUID
+    emoji: str
+    on: bool
+    origin: Origin
+    conversation_id: uuid.UUID | None = None
+
+
+MessageCommand = EditMessage | DeleteMessage | React
+Command = SendMessage | ReadMessages | StartTyping | EditMessage | DeleteMessage | React
 
 
 class Commands(msgspec.Struct, frozen=True):
@@ -78,6 +109,7 @@ class MessageStored(msgspec.Struct, tag="message-stored", tag_field="type", froz
     participants: list[str]
     accepted_at: float | None = None  # from the SendMessage that stored (or re-sent) it
     trace: str | None = None  # the writer's span, when tracing
+    change: int = 0  # the conversation's change counter at this message (0 from writers before it)
 
 
 class ReadUpdated(msgspec.Struct, tag="read-updated", tag_field="type", frozen=True):
@@ -87,6 +119,27 @@ class ReadUpdated(msgspec.Struct, tag="read-updated", tag_field="type", frozen=T
     conversation_id: uuid.UUID
     user_id: str
     last_read_seq: int
+    participants: list[str]
+
+
+class Reaction(msgspec.Struct, frozen=True, rename="camel"):
+    """One emoji under a message and who chose it, in the order they did (``userIds`` in JSON)."""
+
+    emoji: str
+    user_ids: list[str]
+
+
+class MessageUpdated(msgspec.Struct, tag="message-updated", tag_field="type", frozen=True):
+    """A message's state after an edit, a delete or a reaction change, with the change's number."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    seq: int
+    change: int
+    content: str
+    edited_at: datetime | None
+    deleted: bool
+    reactions: list[Reaction]
     participants: list[str]
 
 
@@ -112,9 +165,10 @@ class CommandRejected(msgspec.Struct, tag="command-rejected", tag_field="type", 
     action: str
     temp_message_id: str | None = None
     conversation_id: uuid.UUID | None = None
+    message_id: uuid.UUID | None = None  # the frame's messageId, for the commands on one message
 
 
-Event = MessageStored | ReadUpdated | TypingStarted | ConversationCreated | CommandRejected
+Event = MessageStored | MessageUpdated | ReadUpdated | TypingStarted | ConversationCreated | CommandRejected
 
 
 class Events(msgspec.Struct, frozen=True):

@@ -18,7 +18,19 @@ from . import untrusted
 MAX_CONTENT = 1000
 MAX_TEMP_ID = 128
 MAX_TOKEN = 8192
-ACTIONS = ("send-message", "read-messages", "heartbeat", "typing", "authenticate")
+MAX_EMOJI = 32  # code points
+MAX_REACTIONS = 50  # distinct emoji under one message
+ACTIONS = (
+    "send-message",
+    "read-messages",
+    "heartbeat",
+    "typing",
+    "authenticate",
+    "edit-message",
+    "delete-message",
+    "react",
+)
+MESSAGE_ACTIONS = ("edit-message", "delete-message", "react")  # the commands on one message
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class FrameError(Exception):
     message: str
     action: str | None = None
     temp_message_id: str | None = None
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,11 +65,31 @@ class HeartbeatFrame:
 
 
 @dataclass(frozen=True)
+class EditFrame:
+    message_id: uuid.UUID
+    content: str
+
+
+@dataclass(frozen=True)
+class DeleteFrame:
+    message_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class ReactFrame:
+    message_id: uuid.UUID
+    emoji: str
+    on: bool
+
+
+@dataclass(frozen=True)
 class AuthenticateFrame:
     token: str
 
 
-ClientFrame = SendFrame | ReadFrame | TypingFrame | HeartbeatFrame | AuthenticateFrame
+ClientFrame = (
+    SendFrame | ReadFrame | TypingFrame | HeartbeatFrame | AuthenticateFrame | EditFrame | DeleteFrame | ReactFrame
+)
 
 
 def _readable(value: Any) -> str | None:
@@ -74,10 +107,15 @@ def parse(text: str | bytes) -> ClientFrame:
         raise FrameError("invalid_frame", "frame must be a JSON object")
     action = _readable(data.get("action"))
     temp_id = _readable(data.get("tempMessageId"))
+    message_id = _readable(data.get("messageId")) if action in MESSAGE_ACTIONS else None
     problem = untrusted.problem(data)
     if problem is not None:
         raise FrameError(
-            "invalid_frame", problem, action=action if action in ACTIONS else None, temp_message_id=temp_id
+            "invalid_frame",
+            problem,
+            action=action if action in ACTIONS else None,
+            temp_message_id=temp_id,
+            message_id=message_id,
         )
     if data.get("action") is None:
         raise FrameError("missing_field", "action is required")
@@ -86,7 +124,7 @@ def parse(text: str | bytes) -> ClientFrame:
         raise FrameError("unknown_action", f"unknown action {shown!r}", action=action)
 
     def fail(code: str, message: str) -> FrameError:
-        return FrameError(code, message, action=action, temp_message_id=temp_id)
+        return FrameError(code, message, action=action, temp_message_id=temp_id, message_id=message_id)
 
     if action == "heartbeat":
         return HeartbeatFrame()
@@ -97,6 +135,8 @@ def parse(text: str | bytes) -> ClientFrame:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
             raise fail("invalid_frame", f"token must be a string of 1 to {MAX_TOKEN} characters")
         return AuthenticateFrame(token)
+    if action in MESSAGE_ACTIONS:
+        return _message_frame(action, data, fail)
     conversation_id = _uuid_field(data, "conversationId", fail)
     if action == "read-messages":
         return ReadFrame(conversation_id)
@@ -108,6 +148,11 @@ def parse(text: str | bytes) -> ClientFrame:
     raw_temp = data["tempMessageId"]
     if not isinstance(raw_temp, str) or not raw_temp or len(raw_temp) > MAX_TEMP_ID:
         raise fail("invalid_frame", f"tempMessageId must be a string of 1 to {MAX_TEMP_ID} characters")
+    return SendFrame(raw_temp, conversation_id, _content(data, fail))
+
+
+def _content(data: dict[str, Any], fail: Any) -> str:
+    """``content``: 1 to 1000 characters once trailing whitespace is trimmed (send and edit)."""
     content = data.get("content")
     if content is None:
         raise fail("missing_field", "content is required")
@@ -118,7 +163,34 @@ def parse(text: str | bytes) -> ClientFrame:
         raise fail("empty_content", "content is empty")
     if len(content) > MAX_CONTENT:
         raise fail("content_too_long", f"content is longer than {MAX_CONTENT} characters")
-    return SendFrame(raw_temp, conversation_id, content)
+    return content
+
+
+def emoji_problem(emoji: object) -> str | None:
+    """Why ``emoji`` is not one (None if it is): 1 to 32 code points, none of them whitespace."""
+    if not isinstance(emoji, str) or not 1 <= len(emoji) <= MAX_EMOJI:
+        return f"emoji must be a string of 1 to {MAX_EMOJI} characters"
+    if any(c.isspace() for c in emoji):  # joiners and variation selectors are part of many emoji: allowed
+        return "emoji must not contain whitespace"
+    return None
+
+
+def _message_frame(action: str, data: dict[str, Any], fail: Any) -> EditFrame | DeleteFrame | ReactFrame:
+    message_id = _uuid_field(data, "messageId", fail)
+    if action == "delete-message":
+        return DeleteFrame(message_id)
+    if action == "edit-message":
+        return EditFrame(message_id, _content(data, fail))
+    if "emoji" not in data or data["emoji"] is None:
+        raise fail("missing_field", "emoji is required")
+    problem = emoji_problem(data["emoji"])
+    if problem is not None:
+        raise fail("invalid_frame", problem)
+    if "on" not in data or data["on"] is None:
+        raise fail("missing_field", "on is required")
+    if not isinstance(data["on"], bool):
+        raise fail("invalid_frame", "on must be true or false")
+    return ReactFrame(message_id, data["emoji"], data["on"])
 
 
 def _uuid_field(data: dict[str, Any], name: str, fail: Any) -> uuid.UUID:
@@ -159,17 +231,45 @@ def new_message(
     content: str,
     sent_at: datetime,
     seq: int,
+    change: int | None,
+) -> str:
+    frame: dict[str, Any] = {
+        "type": "new-message",
+        "messageId": str(message_id),
+        "tempMessageId": temp_message_id,
+        "conversationId": str(conversation_id),
+        "senderId": sender_id,
+        "content": content,
+        "sentAt": iso_utc(sent_at),
+        "seq": seq,
+    }
+    if change is not None:  # (an event of a writer of an earlier version has none)
+        frame["change"] = change
+    return render(frame)
+
+
+def message_updated(
+    *,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    seq: int,
+    change: int,
+    content: str,
+    edited_at: datetime | None,
+    deleted: bool,
+    reactions: list[dict[str, Any]],
 ) -> str:
     return render(
         {
-            "type": "new-message",
-            "messageId": str(message_id),
-            "tempMessageId": temp_message_id,
+            "type": "message-updated",
             "conversationId": str(conversation_id),
-            "senderId": sender_id,
-            "content": content,
-            "sentAt": iso_utc(sent_at),
+            "messageId": str(message_id),
             "seq": seq,
+            "change": change,
+            "content": content,
+            "editedAt": iso_utc(edited_at) if edited_at is not None else None,
+            "deleted": deleted,
+            "reactions": reactions,
         }
     )
 
@@ -214,10 +314,19 @@ def conversation_created(
     )
 
 
-def error(code: str, message: str, *, action: str | None = None, temp_message_id: str | None = None) -> str:
+def error(
+    code: str,
+    message: str,
+    *,
+    action: str | None = None,
+    temp_message_id: str | None = None,
+    message_id: str | None = None,
+) -> str:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if action is not None:
         frame["action"] = action
     if temp_message_id is not None:
         frame["tempMessageId"] = temp_message_id
+    if message_id is not None:
+        frame["messageId"] = message_id
     return render(frame)

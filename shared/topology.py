@@ -31,6 +31,7 @@ its replicas).
 
 from __future__ import annotations
 
+import os
 import uuid
 import zlib
 
@@ -40,6 +41,7 @@ from aiormq.exceptions import AMQPError, ChannelPreconditionFailed
 from pamqp.common import FieldTable
 
 from .amqp import DEAD, Fatal
+from .envelope import Command, MessageCommand
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -64,6 +66,32 @@ PLACEMENT: FieldTable = {"x-quorum-initial-group-size": REPLICAS, "x-queue-leade
 def partition(conversation_id: uuid.UUID, partitions: int) -> int:
     """Stable partition of a conversation: the same on every instance and every restart."""
     return zlib.crc32(conversation_id.bytes) % partitions
+
+
+def new_message_id(conversation_id: uuid.UUID) -> uuid.UUID:
+    """A message id that carries its conversation's partition: its first four bytes are the
+    conversation's crc32, the rest random (a version 8 UUID). A command on a message (edit,
+    delete, react) names only the message, and the gateway routes it by :func:`message_partition`
+    into its conversation's queue, in order with that conversation's messages, without a lookup."""
+    raw = bytearray(zlib.crc32(conversation_id.bytes).to_bytes(4, "big") + os.urandom(12))
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return uuid.UUID(bytes=bytes(raw))
+
+
+def command_partition(command: Command, partitions: int) -> int:
+    """The partition queue a command goes to: its conversation's (found from the message id when
+    the command names only a message)."""
+    if command.conversation_id is not None:
+        return partition(command.conversation_id, partitions)
+    assert isinstance(command, MessageCommand)  # the only commands without a conversation
+    return message_partition(command.message_id, partitions)
+
+
+def message_partition(message_id: uuid.UUID, partitions: int) -> int:
+    """The partition of a message's conversation, for an id made by :func:`new_message_id` (an id
+    of an earlier version gives any partition: the writer there sends the command on)."""
+    return int.from_bytes(message_id.bytes[:4], "big") % partitions
 
 
 def command_queue(p: int) -> str:

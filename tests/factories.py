@@ -24,6 +24,7 @@ def message_stored(**fields: Any) -> MessageStored:
         "content": "hi",
         "sent_at": AT,
         "participants": ["alice", "bob"],
+        "change": seq,
     }
     values.update(fields)
     return MessageStored(**values)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -38,12 +39,16 @@ from shared.tasks import cancel_and_wait
 
 from .ephemeral import TypingChecker
 from .known import Known
-from .plan import reject
-from .store import store
+from .plan import elsewhere, reject
+from .store import store, targets
 
 log = get_logger(__name__)
 
 STORED = prometheus_client.Counter("chat_messages_stored_total", "Messages newly stored")
+CHANGED = prometheus_client.Counter("chat_messages_changed_total", "Edits, deletes and reaction changes applied")
+SENT_ON = prometheus_client.Counter(
+    "chat_writer_commands_sent_on_total", "Commands on a message sent on to its conversation's partition"
+)
 DUPLICATES = prometheus_client.Counter("chat_messages_duplicate_total", "Sends that were already stored")
 REJECTED = prometheus_client.Counter("chat_commands_rejected_total", "Commands refused", ["code"])
 BATCH_SECONDS = prometheus_client.Histogram(
@@ -97,12 +102,16 @@ class Writer:
         now = time.time()
         try:
             async with self.db.acquire() as conn:
-                decided, events = await store(conn, commands, self.known)
+                named = await targets(conn, commands)
+                here, onward = elsewhere(commands, named, self.partitions)
+                decided, events = await store(conn, here, self.known, named)
         except RETRY as exc:
             raise Retryable(f"database: {exc.__class__.__name__}") from None
         if tracing.enabled():
             events = [self._traced(e, now) for e in events]
         await self._announce(events)
+        if onward:
+            await self._send_on(onward)
         elapsed = time.perf_counter() - started
         for command in commands:  # once per stored batch: a retried or split batch is not counted twice
             if isinstance(command, envelope.SendMessage) and command.accepted_at is not None:
@@ -114,12 +123,15 @@ class Writer:
                 REJECTED.labels(event.code).inc()
         BATCH_SECONDS.observe(elapsed)
         BATCH_SIZE.observe(len(commands))
+        CHANGED.inc(decided.changed)
         log.info(
             "batch_stored",
             commands=len(commands),
             stored=decided.stored,
+            changed=decided.changed,
             duplicates=decided.duplicates,
             rejected=decided.rejected,
+            sent_on=len(onward),
             ms=round(elapsed * 1000, 2),
         )
 
@@ -142,6 +154,24 @@ class Writer:
             await publish_events(self.publisher, events, self.partitions)
         except Unavailable as exc:
             raise Retryable(f"broker: {exc}") from None
+
+    async def _send_on(self, commands: list[Command]) -> None:
+        """Commands on messages whose conversation lives in another partition (messages of an
+        earlier version, whose ids carry no partition): into that partition, in order with its
+        messages. Confirmed before the batch is acked; sent again, they change nothing twice."""
+        grouped: dict[int, list[Command]] = defaultdict(list)
+        for command in commands:
+            grouped[topology.command_partition(command, self.partitions)].append(command)
+        try:
+            await asyncio.gather(
+                *(
+                    self.publisher.publish(topology.COMMANDS, str(p), envelope.encode(envelope.Commands(items=items)))
+                    for p, items in grouped.items()
+                )
+            )
+        except Unavailable as exc:
+            raise Retryable(f"broker: {exc}") from None
+        SENT_ON.inc(len(commands))
 
 
 def create_app(settings: WriterSettings) -> web.Application:

@@ -64,12 +64,13 @@ class TypingChecker:
         """Takes ``{"v":1,"items":[{"type":"typing","user_id":"bob","conversation_id":"…","origin":{…}}]}``;
         emits ``{"type":"typing-started","conversation_id":"…","user_id":"bob","participants":[…]}``,
         or ``command-rejected`` for a typist who is not a participant, to chat.typing.events."""
-        if any(not isinstance(c, StartTyping) for c in commands):
+        typing = [c for c in commands if isinstance(c, StartTyping)]
+        if len(typing) < len(commands):
             # only typing may take this path: a send here would be announced without being stored
             raise Poison(f"only typing travels {topology.TYPING}")
         started = time.perf_counter()
         try:
-            known = await self._members({c.conversation_id for c in commands})
+            known = await self._members({c.conversation_id for c in typing})
         except self.failures as exc:
             DROPPED.labels("database").inc(len(commands))
             log.warning("typing_dropped", typing=len(commands), error=exc.__class__.__name__)

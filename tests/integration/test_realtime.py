@@ -50,10 +50,11 @@ async def test_pagenow_frames_produce_pagenow_frames(system):
         )
     )
     echo = await alice.wait_for(echo_of("1639811507123"))
-    assert set(echo) == {"type", "messageId", "tempMessageId", "conversationId", "senderId", "content", "sentAt", "seq"}
+    pagenow = {"type", "messageId", "tempMessageId", "conversationId", "senderId", "content", "sentAt"}
+    assert set(echo) == pagenow | {"seq", "change"}  # PageNow's fields, and ours
     assert echo["tempMessageId"] == "1639811507123"
     assert echo["conversationId"] == str(cid) and echo["senderId"] == "alice" and echo["content"] == "Hello Bob"
-    assert ISO_Z.match(echo["sentAt"]) and echo["seq"] == 1
+    assert ISO_Z.match(echo["sentAt"]) and echo["seq"] == 1 and echo["change"] == 1
     uuid.UUID(echo["messageId"])
     assert await bob.wait_for(echo_of("1639811507123")) == echo
 
@@ -366,3 +367,101 @@ async def test_the_gateway_serves_its_asyncapi_document(system):
         async with session.get(f"{system.of('gateway')[0].url}/asyncapi.yaml") as resp:
             assert resp.status == 200 and resp.content_type == "application/yaml"
             assert await resp.text() == DOCUMENT.read_text()
+
+
+def updates_of(client: WsClient, cid: uuid.UUID) -> list[dict]:
+    return [f for f in client.frames if f.get("type") == "message-updated" and f["conversationId"] == str(cid)]
+
+
+async def test_edits_deletes_and_reactions_reach_every_connection_in_change_order(system):
+    await system.start_all(gateways=2)
+    cid = await system.conversation(["alice", "bob"])
+    alice = await system.connect("alice")
+    bobs = [await system.connect("bob", gateway=g) for g in (0, 1)]
+    await alice.send_message(cid, "frist", temp_id="m1")
+    await alice.send_message(cid, "oops", temp_id="m2")
+    m1 = (await alice.wait_for(echo_of("m1")))["messageId"]
+    m2 = (await alice.wait_for(echo_of("m2")))["messageId"]
+    steps = [
+        (alice, {"action": "edit-message", "messageId": m1, "content": "first"}),
+        (bobs[0], {"action": "react", "messageId": m1, "emoji": "👍", "on": True}),
+        (alice, {"action": "react", "messageId": m1, "emoji": "👍", "on": True}),
+        (bobs[1], {"action": "react", "messageId": m1, "emoji": "👀", "on": True}),
+        (bobs[0], {"action": "react", "messageId": m1, "emoji": "👍", "on": False}),
+        (alice, {"action": "delete-message", "messageId": m2}),
+        (alice, {"action": "delete-message", "messageId": m2}),  # again: changes nothing, announces nothing
+    ]
+    for i, (client, frame) in enumerate(steps):  # one at a time: from several sockets, they apply as they arrive
+        await client.send(frame)
+        await alice.wait_for(lambda fs, n=min(i + 1, 6): len(updates_of(alice, cid)) >= n)
+    for client in [alice, *bobs]:
+        await client.wait_for(lambda fs, c=client: len(updates_of(c, cid)) >= 6)
+    await asyncio.sleep(0.5)
+    for client in [alice, *bobs]:
+        got = updates_of(client, cid)
+        assert [f["change"] for f in got] == [3, 4, 5, 6, 7, 8]  # after the two messages' 1 and 2: gapless
+        assert [(f["messageId"], f["seq"]) for f in got] == [(m1, 1)] * 5 + [(m2, 2)]
+        assert [f["reactions"] for f in got[:5]] == [
+            [],
+            [{"emoji": "👍", "userIds": ["bob"]}],
+            [{"emoji": "👍", "userIds": ["bob", "alice"]}],
+            [{"emoji": "👍", "userIds": ["bob", "alice"]}, {"emoji": "👀", "userIds": ["bob"]}],
+            [{"emoji": "👍", "userIds": ["alice"]}, {"emoji": "👀", "userIds": ["bob"]}],
+        ]
+        assert got[0]["content"] == "first" and ISO_Z.match(got[0]["editedAt"]) and not got[0]["deleted"]
+        assert (got[5]["content"], got[5]["deleted"], got[5]["editedAt"]) == ("", True, None)
+    rows = await stored(system, cid)
+    assert [r["content"] for r in rows] == ["first", ""]
+    assert not alice.of_type("error") and not any(b.of_type("error") for b in bobs)
+
+
+async def test_changing_someone_elses_message_or_one_you_cannot_see_is_refused_with_its_id(system):
+    await system.start_all()
+    cid = await system.conversation(["alice", "bob"])
+    alice, bob, carol = [await system.connect(u) for u in ("alice", "bob", "carol")]
+    await alice.send_message(cid, "hers", temp_id="h")
+    mid = (await bob.wait_for(echo_of("h")))["messageId"]
+    await bob.send({"action": "edit-message", "messageId": mid, "content": "mine now"})
+    await bob.send({"action": "delete-message", "messageId": mid})
+    await carol.send({"action": "react", "messageId": mid, "emoji": "👍", "on": True})  # not in the conversation
+    await carol.send({"action": "react", "messageId": str(uuid.uuid4()), "emoji": "👍", "on": True})  # no such message
+    await bob.wait_for(lambda fs: len(bob.of_type("error")) >= 2)
+    await carol.wait_for(lambda fs: len(carol.of_type("error")) >= 2)
+    assert [(e["code"], e["action"], e["messageId"]) for e in bob.of_type("error")] == [
+        ("not_allowed", "edit-message", mid),
+        ("not_allowed", "delete-message", mid),
+    ]
+    assert [e["code"] for e in carol.of_type("error")] == ["unknown_message", "unknown_message"]  # no existence leak
+    assert [r["content"] for r in await stored(system, cid)] == ["hers"]
+    assert not updates_of(alice, cid)
+
+
+async def test_a_change_to_a_message_of_an_earlier_version_is_sent_on_to_its_conversation(system):
+    """Messages stored before ids carried their conversation's partition have random ids, which
+    the gateway routes to any partition: the writer there sends the command on, and it is applied
+    in its conversation, numbered in its change order (a message the same socket sends right
+    after it may be stored first: it took one hop fewer)."""
+    from shared import topology
+
+    system.partitions = 8
+    await system.start_all()
+    cid = await system.conversation(["alice", "bob"])
+    legacy = next(m for m in iter(uuid.uuid4, None) if topology.message_partition(m, 8) != topology.partition(cid, 8))
+    conn = await system.db()
+    try:
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at, change)"
+            " VALUES ($1, 1, $2, 'alice', 'old', 'from before', now(), 1)",
+            cid,
+            legacy,
+        )
+        await conn.execute("UPDATE conversations SET last_seq = 1, last_change = 1 WHERE id = $1", cid)
+    finally:
+        await conn.close()
+    alice, bob = await system.connect("alice"), await system.connect("bob")
+    await alice.send({"action": "edit-message", "messageId": str(legacy), "content": "from before, edited"})
+    await alice.send_message(cid, "and a new one", temp_id="n")
+    update = await bob.wait_frame(type="message-updated", messageId=str(legacy))
+    assert update["content"] == "from before, edited"
+    assert {update["change"], (await bob.wait_for(echo_of("n")))["change"]} == {2, 3}
+    assert await system.metric(system.of("writer")[0], "chat_writer_commands_sent_on_total") == 1

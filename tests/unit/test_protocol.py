@@ -36,6 +36,10 @@ def test_the_document_is_asyncapi_3_with_every_channel():
         {"action": "heartbeat"},
         {"action": "typing", "conversationId": str(CID)},
         {"action": "authenticate", "token": "abc.def.ghi"},
+        {"action": "edit-message", "messageId": str(CID), "content": "fixed"},
+        {"action": "delete-message", "messageId": str(CID)},
+        {"action": "react", "messageId": str(CID), "emoji": "👍", "on": True},
+        {"action": "react", "messageId": str(CID), "emoji": "👨‍👩‍👧", "on": False},  # joined by zero-width joiners
     ],
 )
 def test_every_client_frame_the_parser_accepts_matches_the_document(frame):
@@ -52,6 +56,27 @@ SERVER_FRAMES = [
         content="hi",
         sent_at=AT,
         seq=1,
+        change=1,
+    ),
+    frames.message_updated(
+        conversation_id=CID,
+        message_id=uuid.uuid4(),
+        seq=1,
+        change=4,
+        content="fixed",
+        edited_at=AT,
+        deleted=False,
+        reactions=[{"emoji": "👍", "userIds": ["alice", "bob"]}],
+    ),
+    frames.message_updated(
+        conversation_id=CID,
+        message_id=uuid.uuid4(),
+        seq=2,
+        change=5,
+        content="",
+        edited_at=None,
+        deleted=True,
+        reactions=[],
     ),
     frames.read_messages(conversation_id=CID, user_id="bob", last_read_seq=3),
     frames.read_receipt(conversation_id=CID, user_id="bob", last_read_seq=3),
@@ -59,6 +84,7 @@ SERVER_FRAMES = [
     frames.conversation_created(conversation_id=CID, title=None, is_group=False, participant_ids=["a", "b"]),
     frames.error("rate_limited", "slow down", action="send-message", temp_message_id="t"),
     frames.error("invalid_frame", "frame refused"),
+    frames.error("not_allowed", "not yours", action="edit-message", message_id=str(CID)),
 ]
 
 
@@ -82,6 +108,9 @@ def test_broker_bodies_match_the_document():
             ),
             envelope.ReadMessages(user_id="bob", conversation_id=CID, origin=origin),
             envelope.StartTyping(user_id="bob", conversation_id=CID, origin=origin),
+            envelope.EditMessage(user_id="alice", message_id=CID, content="fixed", origin=origin),
+            envelope.DeleteMessage(user_id="alice", message_id=CID, origin=origin, conversation_id=CID),
+            envelope.React(user_id="bob", message_id=CID, emoji="🎉", on=True, origin=origin),
         ]
     )
     stored = message_stored(conversation_id=CID, sent_at=AT, accepted_at=1.5)
@@ -91,6 +120,17 @@ def test_broker_bodies_match_the_document():
             envelope.ReadUpdated(conversation_id=CID, user_id="bob", last_read_seq=1, participants=["alice", "bob"]),
             envelope.TypingStarted(conversation_id=CID, user_id="bob", participants=["alice", "bob"]),
             envelope.ConversationCreated(conversation_id=CID, title="t", is_group=True, participants=["a", "b", "c"]),
+            envelope.MessageUpdated(
+                conversation_id=CID,
+                message_id=uuid.uuid4(),
+                seq=1,
+                change=2,
+                content="fixed",
+                edited_at=AT,
+                deleted=False,
+                reactions=[envelope.Reaction(emoji="🎉", user_ids=["bob"])],
+                participants=["alice", "bob"],
+            ),
             envelope.CommandRejected(
                 origin=origin,
                 code="not_a_participant",
