@@ -49,14 +49,14 @@ SEED = [
         (),
     ),
     (
-        """INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)
+        """INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at, change)
         SELECT c.id, s, gen_random_uuid(), CASE WHEN s % 2 = 0 THEN 'peer' || c.rn ELSE 'x' || c.rn END,
-               c.rn || '-' || s, 'message number ' || s, now() - make_interval(secs => ($1::int - s) * 60 + c.rn)
+               c.rn || '-' || s, 'message number ' || s, now() - make_interval(secs => ($1::int - s) * 60 + c.rn), s
         FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c, generate_series(1, $1::int) s""",
         ("per_conversation",),
     ),
     (
-        """UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,
+        """UPDATE conversations c SET last_seq = m.seq, last_change = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,
                last_sender_id = m.sender_id, last_content = m.content
         FROM messages m WHERE m.conversation_id = c.id AND m.seq = $1::int""",
         ("per_conversation",),

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
@@ -33,6 +34,10 @@ from .reads import Reads
 from .responses import ApiError, json_response, read_json
 
 log = get_logger(__name__)
+
+
+SEARCH_CONNECTIONS = 4
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
 
 
 class Query:
@@ -108,19 +113,35 @@ class Query:
         rows = await self.reads.run(user, lambda conn: store.history(conn, cid, user, page))
         if rows is None:
             raise ApiError(404, "not_found", "no such conversation")
-        return json_response(
-            [
-                {
-                    "messageId": str(r["id"]),
-                    "conversationId": str(r["conversation_id"]),
-                    "sentAt": frames.iso_utc(r["sent_at"]),
-                    "senderId": r["sender_id"],
-                    "content": r["content"],
-                    "seq": r["seq"],
-                }
-                for r in rows
-            ]
-        )
+        return json_response([_history_item(r) for r in rows])
+
+    async def list_changes(self, request: web.Request) -> web.Response:
+        """``GET /conversations/{id}/changes?after=N[&limit=L]`` -> ``[history item, ...]``: the messages
+        whose latest change is after N, in change order, each once, as it is now (new, edited, deleted
+        or reacted to). A client that reconnects applies them on top of what it has."""
+        user = await self.caller(request)
+        cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
+        page = paging.changes(request.query)
+        rows = await self.reads.run(user, lambda conn: store.changes(conn, cid, user, page))
+        if rows is None:
+            raise ApiError(404, "not_found", "no such conversation")
+        return json_response([_history_item(r) for r in rows])
+
+    async def search(self, request: web.Request) -> web.Response:
+        """``GET /search?q=words[&conversationId=id][&limit=L][&before=cursor]`` ->
+        ``{"results": [history item, ...], "next": cursor | null}``: messages of the caller's
+        conversations (or of the one named: 404 if the caller is not in it) whose current text holds
+        every word of ``q``, inside longer words too, case-insensitively; newest sent first."""
+        user = await self.caller(request, Bucket.SEARCH)
+        page = paging.search(request.query)
+        rows = await self.reads.run(user, lambda conn: store.search(conn, user, page), search=True)
+        if rows is None:
+            raise ApiError(404, "not_found", "no such conversation")
+        more = len(rows) > page.limit
+        rows = rows[: page.limit]
+        last = rows[-1] if more else None
+        cursor = paging.encode_search_cursor(last["sent_at"], last["conversation_id"], last["seq"]) if last else None
+        return json_response({"results": [_history_item(r) for r in rows], "next": cursor})
 
     async def list_participants(self, request: web.Request) -> web.Response:
         """``GET /conversations/{id}/participants`` -> ``["alice", "bob"]`` (the caller included)."""
@@ -164,6 +185,24 @@ class Query:
             participants=len(new.recipients) + 1,
         )
         return json_response({"conversationId": str(cid)})
+
+
+def _history_item(row: Any) -> dict[str, Any]:
+    """``{"messageId","conversationId","sentAt","senderId","content","seq","editedAt","deleted",
+    "reactions","change"}``: PageNow's fields and ours; a deleted message keeps its seq, time and
+    sender, its content "" (docs/protocol.md section 6)."""
+    return {
+        "messageId": str(row["id"]),
+        "conversationId": str(row["conversation_id"]),
+        "sentAt": frames.iso_utc(row["sent_at"]),
+        "senderId": row["sender_id"],
+        "content": row["content"],
+        "seq": row["seq"],
+        "editedAt": frames.iso_utc(row["edited_at"]) if row["edited_at"] is not None else None,
+        "deleted": row["deleted"],
+        "reactions": msgspec.Raw(row["reactions"].encode()),  # stored as the JSON clients get
+        "change": row["change"],
+    }
 
 
 def _other(participants: list[str], user: str) -> str | None:
@@ -218,20 +257,32 @@ def create_app(settings: QuerySettings) -> web.Application:
     if settings.database_read_url is not None and settings.redis is not None:
         standby = Database(settings.database_read_url, statement_cache=settings.db_statement_cache, standby=True)
         redis = redis_client(settings.redis)
-    reads = Reads(db, standby, Registry(redis) if redis is not None else None)
+    # searches plan each statement for its words (see query/store.py: search_sql), on a few
+    # connections of their own: those bound how many run at once
+    search_dbs = [
+        Database(url, max_size=SEARCH_CONNECTIONS, settings=CUSTOM_PLANS, standby=standby_read)
+        for url, standby_read in ((settings.database_url, False), (settings.database_read_url, True))
+        if url is not None
+    ]
+    reads = Reads(
+        db,
+        standby,
+        Registry(redis) if redis is not None else None,
+        search=(search_dbs[0], search_dbs[1] if standby is not None else None),
+    )
     api = Query(settings, db, broker, verifier, reads)
     app[OPENAPI] = openapi_document()
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        db.start()
-        if standby is not None:
-            standby.start()
+        for database in (db, standby, *search_dbs):
+            if database is not None:
+                database.start()
         reads.start()
         broker.start()
         yield
         await broker.close()
         await reads.close()
-        for database in (db, standby):
+        for database in (db, standby, *search_dbs):
             if database is not None:
                 await database.close()
         if redis is not None:
@@ -247,6 +298,8 @@ def create_app(settings: QuerySettings) -> web.Application:
     app.router.add_get("/conversations/{conversation_id}", api.get_conversation)
     app.router.add_get("/conversations/{conversation_id}/messages", api.list_messages)
     app.router.add_get("/conversations/{conversation_id}/participants", api.list_participants)
+    app.router.add_get("/conversations/{conversation_id}/changes", api.list_changes)
+    app.router.add_get("/search", api.search)
     app.router.add_get("/conversation/direct/{user_id}", api.find_direct)
     app.router.add_post("/conversation", api.create_conversation)
     webapp.add_routes(app, settings)

@@ -1,5 +1,6 @@
-"""Per-user REST limits, pure: one bucket per user for reads (every GET) and one for
-``POST /conversation``, which writes a conversation and notifies its members' sockets.
+"""Per-user REST limits, pure: one bucket per user for reads (every GET but searches), one for
+searches (each may read many messages) and one for ``POST /conversation``, which writes a
+conversation and notifies its members' sockets.
 
 The buckets live in this process: with N query replicas behind a load balancer a user gets at
 most N times the rate (docs/security.md). The most recent ``CAPACITY`` users are kept; a user
@@ -29,6 +30,7 @@ LIMITED = prometheus_client.Counter(
 class Bucket(Enum):
     READ = "read"
     CREATE = "create"
+    SEARCH = "search"
 
 
 class RestLimiter:
@@ -36,6 +38,7 @@ class RestLimiter:
         self.buckets = {
             Bucket.READ: Recent[str, TokenBucket](capacity, lambda: TokenBucket(limits.read)),
             Bucket.CREATE: Recent[str, TokenBucket](capacity, lambda: TokenBucket(limits.create)),
+            Bucket.SEARCH: Recent[str, TokenBucket](capacity, lambda: TokenBucket(limits.search)),
         }
 
     def check(self, user: str, bucket: Bucket, now: float | None = None) -> None:

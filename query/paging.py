@@ -100,3 +100,87 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return moment, uuid.UUID(cid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ParamError("before is not a cursor this service issued") from None
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    after: int
+    limit: int
+
+
+DEFAULT_CHANGES = 50
+
+
+def changes(params: Mapping[str, str]) -> ChangesPage:
+    """``GET /conversations/{id}/changes?after=N[&limit=L]``: the messages whose latest change is
+    after N, in change order (``after`` required, an integer >= 0; ``limit`` 1-100, default 50)."""
+    after = _int(params, "after", 0)
+    if after is None:
+        raise ParamError("after is required (0 for everything)")
+    limit = _int(params, "limit", 1, MAX_LIMIT)
+    return ChangesPage(after=after, limit=DEFAULT_CHANGES if limit is None else limit)
+
+
+MAX_QUERY = 200  # characters of q
+MAX_WORDS = 10  # words of q: each is one more condition on the index
+DEFAULT_SEARCH = 20
+
+
+SearchCursor = tuple[datetime, uuid.UUID, int]  # (sent_at, conversation_id, seq) of the last result
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    words: tuple[str, ...]  # lowered by the database, as the index is; LIKE's % _ \\ escaped
+    conversation_id: uuid.UUID | None
+    limit: int
+    before: SearchCursor | None
+
+
+def search(params: Mapping[str, str]) -> SearchPage:
+    """``GET /search?q=...[&conversationId=...][&limit=L][&before=cursor]``: ``q`` of 1 to 200
+    characters, at most 10 words once split on whitespace; every word must match."""
+    q = params.get("q")
+    if q is None:
+        raise ParamError("q is required")
+    if not 1 <= len(q) <= MAX_QUERY:
+        raise ParamError(f"q must be 1 to {MAX_QUERY} characters")
+    if not untrusted.storable(q):
+        raise ParamError("q contains U+0000 or an unpaired surrogate")
+    words = tuple(dict.fromkeys(q.split()))  # each word once, in order
+    if not words:
+        raise ParamError("q has no word (only whitespace)")
+    if len(words) > MAX_WORDS:
+        raise ParamError(f"q has more than {MAX_WORDS} words")
+    raw_cid = params.get("conversationId")
+    try:
+        conversation_id = uuid.UUID(raw_cid) if raw_cid is not None else None
+    except ValueError:
+        raise ParamError("conversationId must be a UUID") from None
+    limit = _int(params, "limit", 1, MAX_LIMIT)
+    before_raw = params.get("before")
+    return SearchPage(
+        words=tuple(like_escape(w) for w in words),
+        conversation_id=conversation_id,
+        limit=DEFAULT_SEARCH if limit is None else limit,
+        before=decode_search_cursor(before_raw) if before_raw is not None else None,
+    )
+
+
+def encode_search_cursor(sent_at: datetime, conversation_id: uuid.UUID, seq: int) -> str:
+    """Results are newest sent first; messages of one batch share a time, and within it a
+    conversation's come in seq order, so the position is all three."""
+    return encode_cursor(sent_at, conversation_id) + "." + str(seq)
+
+
+def decode_search_cursor(cursor: str) -> SearchCursor:
+    head, _, seq = cursor.rpartition(".")
+    if not (seq.isascii() and seq.isdigit() and 0 < len(seq) <= 18):
+        raise ParamError("before is not a cursor this service issued")
+    sent_at, conversation_id = decode_cursor(head)
+    return sent_at, conversation_id, int(seq)
+
+
+def like_escape(word: str) -> str:
+    """``word`` matched literally inside a LIKE pattern (backslash is LIKE's escape)."""
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -51,12 +51,23 @@ _TO = {reason: READS.labels("primary", reason) for reason in ("no_standby", "fre
 
 
 class Reads:
-    """Picks the pool for each request's reads, and samples how far the standby is behind."""
+    """Picks the pool for each request's reads, and samples how far the standby is behind.
 
-    def __init__(self, primary: Database, standby: Database | None, registry: Registry | None) -> None:
+    Searches use pools of their own (``search``: the primary's and the standby's, same rules):
+    their connections plan every statement for its values (``plan_cache_mode``), and a few of them
+    bound how many searches run at once."""
+
+    def __init__(
+        self,
+        primary: Database,
+        standby: Database | None,
+        registry: Registry | None,
+        search: tuple[Database, Database | None] | None = None,
+    ) -> None:
         self.primary = primary
         self.standby = standby
         self.registry = registry
+        self.search = search or (primary, standby)
         self.samples: deque[tuple[float, int]] = deque(maxlen=int(FRESH_SECONDS / SAMPLE_SECONDS) + 4)
         self.caught_up_at: float | None = None  # the latest sample time whose primary position it has replayed
         self.primary_until = 0.0  # monotonic time until which every read goes to the primary
@@ -69,20 +80,21 @@ class Reads:
     async def close(self) -> None:
         await cancel_and_wait(self._task)
 
-    async def run(self, user: str, work: Callable[[Conn], Awaitable[T]]) -> T:
-        """``work`` on a connection to read ``user``'s data from. A standby that fails is not used
-        again until a sample finds it caught up, and the primary does the work instead."""
-        database = await self._choose(user)
-        if database is self.primary:
-            async with database.acquire() as conn:
+    async def run(self, user: str, work: Callable[[Conn], Awaitable[T]], *, search: bool = False) -> T:
+        """``work`` on a connection to read ``user``'s data from (a search's with ``search``). A
+        standby that fails is not used again until a sample finds it caught up, and the primary
+        does the work instead."""
+        primary, standby = self.search if search else (self.primary, self.standby)
+        if await self._choose(user) is self.primary or standby is None:
+            async with primary.acquire() as conn:
                 return await work(conn)
         try:
-            async with database.acquire() as conn:
+            async with standby.acquire() as conn:
                 return await work(conn)
         except (DatabaseUnavailable, *TRANSIENT) as exc:
             log.warning("standby_read_failed", error=exc.__class__.__name__)
             self.caught_up_at = None
-            async with self.primary.acquire() as conn:
+            async with primary.acquire() as conn:
                 return await work(conn)
 
     async def _choose(self, user: str) -> Database:

@@ -9,7 +9,7 @@ import asyncpg
 
 from shared.db import Conn
 
-from .paging import HistoryPage, ListPage
+from .paging import ChangesPage, HistoryPage, ListPage, SearchPage
 from .requests import NewConversation
 
 # Newest first straight from participants_user_recent_idx: a page reads `limit` index entries and
@@ -49,6 +49,10 @@ async def conversation(conn: Conn, cid: uuid.UUID, user: str) -> asyncpg.Record 
     return await conn.fetchrow(ONE, cid, user)
 
 
+# A history item's columns (reactions as the JSON text stored, passed through as it is).
+_ITEM = ("id", "conversation_id", "seq", "sender_id", "content", "sent_at", "edited_at", "deleted", "change")
+ITEM = ", ".join(_ITEM) + ", reactions::text AS reactions"
+
 # One round trip: the caller's membership (no row at all when not a participant) and the page;
 # a member's empty page is a single row of nulls.
 _MEMBER_PAGE = """
@@ -57,22 +61,29 @@ WITH me AS (
     JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
     WHERE c.id = $1
 )
-SELECT me.last_seq AS member_last_seq, m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.sent_at
+SELECT me.last_seq AS member_last_seq, m.*
 FROM me LEFT JOIN LATERAL ({page}) m ON true
 """
 
 # Newest first, below $3 (beforeSeq) or, for PageNow's offset $4, below last_seq - offset + 1.
 NEWEST_FIRST = _MEMBER_PAGE.format(
-    page="""
-    SELECT * FROM messages
+    page=f"""
+    SELECT {ITEM} FROM messages
     WHERE conversation_id = $1 AND seq < COALESCE($3::bigint, me.last_seq - $4::bigint + 1)
     ORDER BY seq DESC LIMIT $5"""
 )
 
 # Oldest first, after $3 (afterSeq: the catch-up after a reconnect).
 OLDEST_FIRST = _MEMBER_PAGE.format(
-    page="""
-    SELECT * FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4"""
+    page=f"""
+    SELECT {ITEM} FROM messages WHERE conversation_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $4"""
+)
+
+# What changed after $3, in change order: new, edited, deleted and reacted-to messages alike, each
+# once, as it is now (messages_change_idx).
+CHANGES = _MEMBER_PAGE.format(
+    page=f"""
+    SELECT {ITEM} FROM messages WHERE conversation_id = $1 AND change > $3 ORDER BY change ASC LIMIT $4"""
 )
 
 
@@ -86,6 +97,46 @@ async def history(conn: Conn, cid: uuid.UUID, user: str, page: HistoryPage) -> l
         return None
     rows = [r for r in rows if r["id"] is not None]  # a member's empty page is one row of nulls
     return list(reversed(rows)) if page.reverse else rows
+
+
+async def changes(conn: Conn, cid: uuid.UUID, user: str, page: ChangesPage) -> list[asyncpg.Record] | None:
+    """The messages whose latest change is after ``page.after``, or None when ``user`` is not in the conversation."""
+    rows = await conn.fetch(CHANGES, cid, user, page.after, page.limit)
+    return [r for r in rows if r["id"] is not None] if rows else None
+
+
+IS_MEMBER = "SELECT true FROM participants WHERE conversation_id = $1 AND user_id = $2"
+
+
+def search_sql(words: int) -> str:
+    """The search for ``words`` words: each a condition on search_text (the content lowered, every
+    non-ASCII character tripled: migration 0006) that the trigram index can answer, since the pattern
+    is transformed the same way. It runs with plan_cache_mode force_custom_plan (query/reads.py):
+    whether the index or a walk along messages_sent_idx is the cheaper way depends on the words, which
+    a generic plan cannot see. $1 user, $2 one conversation or null, $3-$5 the cursor (sent_at,
+    conversation, seq) or nulls, $6 limit, then the words."""
+    matches = "".join(f"\n  AND m.search_text LIKE '%' || chat_search_text(${i + 7}) || '%'" for i in range(words))
+    return f"""
+SELECT {", ".join(f"m.{c}" for c in _ITEM)}, m.reactions::text AS reactions
+FROM messages m
+WHERE EXISTS (SELECT 1 FROM participants p WHERE p.conversation_id = m.conversation_id AND p.user_id = $1)
+  AND ($2::uuid IS NULL OR m.conversation_id = $2::uuid)
+  AND NOT m.deleted{matches}
+  AND ($3::timestamptz IS NULL OR (m.sent_at, m.conversation_id, m.seq) < ($3::timestamptz, $4::uuid, $5::bigint))
+ORDER BY m.sent_at DESC, m.conversation_id DESC, m.seq DESC
+LIMIT $6
+"""
+
+
+async def search(conn: Conn, user: str, page: SearchPage) -> list[asyncpg.Record] | None:
+    """A page of the messages of ``user``'s conversations (or of the one named: None if ``user``
+    is not in it) matching every word, newest first; one row more than the page when there are more."""
+    if page.conversation_id is not None and not await conn.fetchval(IS_MEMBER, page.conversation_id, user):
+        return None
+    at, cid, seq = page.before if page.before else (None, None, None)
+    return await conn.fetch(
+        search_sql(len(page.words)), user, page.conversation_id, at, cid, seq, page.limit + 1, *page.words
+    )
 
 
 PARTICIPANTS = """

@@ -83,8 +83,10 @@ class Database:
         command_timeout: float = 10.0,
         statement_cache: int = 100,
         standby: bool = False,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
+        self.server_settings = {**SERVER_SETTINGS, **(settings or {})}
         # the primary of the URL's hosts, or (to read from) a standby if there is one
         self.target = session_target(dsn, SessionAttribute.prefer_standby if standby else SessionAttribute.read_write)
         self.statement_cache = statement_cache
@@ -111,7 +113,7 @@ class Database:
                     # for a pgbouncer older than 1.21 in transaction mode (asyncpg #198)
                     statement_cache_size=self.statement_cache,
                     reset=_reset,
-                    server_settings=SERVER_SETTINGS,
+                    server_settings=self.server_settings,
                     target_session_attrs=self.target,
                 )
                 log.info("db_connected")

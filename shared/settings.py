@@ -45,6 +45,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_RATE_TYPING": "typing per user: per-second rate:burst; extra typing frames are dropped (default 5:20)",
     "CHAT_RATE_REST_READ": "query: GET requests per user: per-second rate:burst (default 20:200)",
     "CHAT_RATE_REST_CREATE": "query: POST /conversation per user: per-second rate:burst (default 0.5:30)",
+    "CHAT_RATE_REST_SEARCH": "query: GET /search per user: per-second rate:burst (default 2:20)",
     "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
     "CHAT_OTLP_ENDPOINT": "OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export one trace per message to; unset: tracing off",
     "CHAT_FLUSH_LINGER_MS": "gateway: the longest it holds commands to batch them under load, 0..1000 ms: nothing at 200 commands/s or less, rising to this at 1,000/s; 0 never holds (default 30)",
@@ -105,10 +106,12 @@ class RedisSettings:
 
 @dataclass(frozen=True)
 class RestLimits:
-    """The query service's per-user buckets: every GET draws from ``read``, ``POST /conversation`` from ``create``."""
+    """The query service's per-user buckets: GETs draw from ``read``, searches from ``search``,
+    ``POST /conversation`` from ``create``."""
 
     read: Rate = Rate(20, 200)
     create: Rate = Rate(0.5, 30)
+    search: Rate = Rate(2, 20)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,7 +350,9 @@ def _limits(env: Mapping[str, str]) -> Limits:
 def _rest_limits(env: Mapping[str, str]) -> RestLimits:
     base = RestLimits()
     return RestLimits(
-        read=_rate(env, "CHAT_RATE_REST_READ", base.read), create=_rate(env, "CHAT_RATE_REST_CREATE", base.create)
+        read=_rate(env, "CHAT_RATE_REST_READ", base.read),
+        create=_rate(env, "CHAT_RATE_REST_CREATE", base.create),
+        search=_rate(env, "CHAT_RATE_REST_SEARCH", base.search),
     )
 
 

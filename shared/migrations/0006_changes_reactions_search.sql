@@ -41,5 +41,5 @@ AS $$ SELECT regexp_replace(lower(t), '([^\x01-\x7f])', '\1\1\1', 'g') $$;
 ALTER TABLE messages ADD COLUMN search_text text GENERATED ALWAYS AS (chat_search_text(content)) STORED;
 CREATE INDEX messages_search_idx ON messages USING gin (search_text gin_trgm_ops);
 -- Newest first across the caller's conversations: a common term finds its page in the newest
--- messages, walking this index.
-CREATE INDEX messages_sent_idx ON messages (sent_at DESC, id DESC);
+-- messages, walking this index (the messages of one batch share a time: by conversation, then seq).
+CREATE INDEX messages_sent_idx ON messages (sent_at DESC, conversation_id DESC, seq DESC);

@@ -101,8 +101,8 @@ async def seed(
             for sender, content in messages:
                 seq += 1
                 await conn.execute(
-                    "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+                    "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at, change)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $2)",
                     cid,
                     seq,
                     uuid.uuid4(),
@@ -118,8 +118,8 @@ async def seed(
                     seq,
                 )
             await conn.execute(
-                "UPDATE conversations c SET last_seq = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,"
-                " last_sender_id = m.sender_id, last_content = m.content FROM messages m"
+                "UPDATE conversations c SET last_seq = m.seq, last_change = m.seq, last_message_id = m.id,"
+                " last_sent_at = m.sent_at, last_sender_id = m.sender_id, last_content = m.content FROM messages m"
                 " WHERE c.id = $1 AND m.conversation_id = $1 AND m.seq = $2",
                 cid,
                 seq,
@@ -224,7 +224,9 @@ async def test_history_offset_order_and_keyset(system, api):
     assert await seqs(limit="2", beforeSeq="10", order="asc") == [8, 9]
     status, body = await api.get(path, "bob", params={"limit": "1", "offset": "0"})
     message = body[0]
-    assert set(message) == {"messageId", "conversationId", "sentAt", "senderId", "content", "seq"}
+    pagenow = {"messageId", "conversationId", "sentAt", "senderId", "content"}
+    assert set(message) == pagenow | {"seq", "editedAt", "deleted", "reactions", "change"}  # and ours
+    assert (message["editedAt"], message["deleted"], message["reactions"]) == (None, False, [])
     assert message["content"] == "message 25" and message["senderId"] == "alice"
     for params in (
         {"offset": "0"},
@@ -244,12 +246,12 @@ async def test_paging_through_10000_messages_returns_each_once(system, api):
     conn = await system.db()
     try:
         await conn.execute(
-            "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at)"
-            " SELECT $1, s, gen_random_uuid(), 'alice', 't' || s, 'm' || s, now() FROM generate_series(1, 10000) s",
+            "INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at, change)"
+            " SELECT $1, s, gen_random_uuid(), 'alice', 't' || s, 'm' || s, now(), s FROM generate_series(1, 10000) s",
             cid,
         )
         await conn.execute(
-            "UPDATE conversations SET last_seq = 10000, last_sent_at = now(), last_content = 'm10000',"
+            "UPDATE conversations SET last_seq = 10000, last_change = 10000, last_sent_at = now(), last_content = 'm10000',"
             " last_sender_id = 'alice' WHERE id = $1",
             cid,
         )
@@ -365,6 +367,8 @@ async def test_every_route_checks_token_and_membership(system, api):
         ("GET", f"/conversations/{cid}", None),
         ("GET", f"/conversations/{cid}/messages", {"limit": "10", "offset": "0"}),
         ("GET", f"/conversations/{cid}/participants", None),
+        ("GET", f"/conversations/{cid}/changes", {"after": "0"}),
+        ("GET", "/search", {"q": "secret"}),
         ("GET", "/conversation/direct/bob", None),
         ("POST", "/conversation", None),
     ]
@@ -384,6 +388,7 @@ async def test_every_route_checks_token_and_membership(system, api):
         (f"/conversations/{cid}", None),
         (f"/conversations/{cid}/messages", {"limit": "1", "offset": "0"}),
         (f"/conversations/{cid}/participants", None),
+        (f"/conversations/{cid}/changes", {"after": "0"}),
     ):
         status, body = await api.get(path, "mallory", params=params)
         assert status == 404 and body["error"] == "not_found"
@@ -392,6 +397,12 @@ async def test_every_route_checks_token_and_membership(system, api):
         status, body = await api.get(path.replace(str(cid), "not-a-uuid"), "alice", params=params)
         assert status == 400 and "UUID" in body["message"]
     assert (await api.get("/conversations", "mallory")) == (200, [])
+    # search: nothing of others' conversations, and a conversation the caller is not in is 404
+    assert (await api.get("/search", "mallory", params={"q": "secret"})) == (200, {"results": [], "next": None})
+    status, body = await api.get("/search", "mallory", params={"q": "secret", "conversationId": str(cid)})
+    assert status == 404 and body["error"] == "not_found"
+    status, body = await api.get("/search", "alice", params={"q": "secret", "conversationId": str(uuid.uuid4())})
+    assert status == 404
 
 
 async def test_cors_and_openapi(system):
