@@ -226,3 +226,66 @@ async def test_rest_floods_get_429_per_user_and_cost_a_bystander_nothing(system)
     await asyncio.sleep(0.5)
     assert len(bob.of_type("conversation-created")) == spam  # nor reached anybody's socket
     assert len(echoes(bob)) == 5 and not bob.of_type("error")
+
+
+async def test_a_flood_of_edits_and_reactions_and_searches_costs_that_user_alone(system):
+    """Edits, deletes and reactions draw from the sender's send bucket: a user rewriting a message
+    and toggling reactions in a loop is refused and then closed with 1008, the other member sees
+    only the changes made within the bucket, and a bystander's messages and searches go on.
+    Searches have a bucket of their own: past it the flooder gets 429, a bystander still 200."""
+    await system.start_all()
+    await system.start("query", env={"CHAT_RATE_REST_SEARCH": "1:5"})
+    query = system.of("query")[0].url
+    mallory, carol = await system.connect("mallory"), await system.connect("carol")
+    bob, dave = await system.connect("bob"), await system.connect("dave")
+    victim = await system.conversation(["mallory", "carol"])
+    bystanders = await system.conversation(["bob", "dave"])
+    await mallory.send_message(victim, "original", temp_id="m0")
+    message_id = (await carol.wait_frame(type="new-message", tempMessageId="m0"))["messageId"]
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+
+    async def chat() -> None:
+        for i in range(20):
+            started = loop.time()
+            await bob.send_message(bystanders, f"findable {i}", temp_id=f"b{i}")
+            await dave.wait_frame(type="new-message", tempMessageId=f"b{i}")
+            latencies.append(loop.time() - started)
+            await asyncio.sleep(0.1)
+
+    async def flood() -> None:
+        for i in range(3000):
+            if i % 2:
+                frame = {"action": "react", "messageId": message_id, "emoji": f"e{i % 7}", "on": i % 4 == 1}
+            else:
+                frame = {"action": "edit-message", "messageId": message_id, "content": f"edit {i}"}
+            try:
+                await mallory.send(frame)
+            except (ConnectionError, RuntimeError, aiohttp.ClientError):
+                return
+
+    async def search(session: aiohttp.ClientSession, user: str, q: str) -> int:
+        async with session.get(f"{query}/search", params={"q": q}, headers={"Authorization": token(user)}) as resp:
+            await resp.read()
+            return resp.status
+
+    await asyncio.gather(chat(), flood())
+    assert await mallory.wait_closed() == 1008
+    assert any(f["code"] == "rate_limited" and f.get("messageId") == message_id for f in mallory.of_type("error"))
+    assert max(latencies) < 1.0, latencies
+    await asyncio.sleep(1)
+    updates = carol.of_type("message-updated")
+    # the send bucket's burst (100) and rate (20/s) over the flood's few seconds bound what got through
+    assert 50 <= len(updates) <= 200, len(updates)
+    conn = await system.db()
+    try:
+        change = await conn.fetchval("SELECT change FROM messages WHERE id = $1", uuid.UUID(message_id))
+    finally:
+        await conn.close()
+    assert updates[-1]["change"] == change  # carol holds the message's latest state
+
+    async with aiohttp.ClientSession() as session:
+        flooded = [await search(session, "mallory", "edit") for _ in range(30)]
+        assert flooded[:5] == [200] * 5 and flooded.count(429) >= 20, flooded
+        assert await search(session, "bob", "findable") == 200
+    assert len(echoes(bob)) == 20 and not bob.of_type("error")

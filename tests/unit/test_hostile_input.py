@@ -137,6 +137,9 @@ frame_like = st.fixed_dictionaries(
         "conversationId": st.uuids().map(str) | st.text(),
         "content": st.text(max_size=1200) | json_values,
         "token": st.text(max_size=20),
+        "messageId": st.uuids().map(str) | st.text(max_size=40) | json_values,
+        "emoji": st.text(max_size=40) | st.sampled_from(["\U0001f44d", "\U0001f44d\U0001f3fd", "\u2764\ufe0f", " "]),
+        "on": st.booleans() | json_values,
         "x": json_values,
     },
 )
@@ -150,11 +153,25 @@ def parsed_or_ours(text: str | bytes) -> None:
         return
     assert isinstance(
         result,
-        (frames.SendFrame, frames.ReadFrame, frames.TypingFrame, frames.HeartbeatFrame, frames.AuthenticateFrame),
+        (
+            frames.SendFrame,
+            frames.ReadFrame,
+            frames.TypingFrame,
+            frames.HeartbeatFrame,
+            frames.AuthenticateFrame,
+            frames.EditFrame,
+            frames.DeleteFrame,
+            frames.ReactFrame,
+        ),
     )
-    if isinstance(result, frames.SendFrame):
-        assert untrusted.storable(result.content) and untrusted.storable(result.temp_message_id)
+    if isinstance(result, (frames.SendFrame, frames.EditFrame)):
+        assert untrusted.storable(result.content) and result.content == result.content.rstrip()
         assert 1 <= len(result.content) <= frames.MAX_CONTENT
+    if isinstance(result, frames.SendFrame):
+        assert untrusted.storable(result.temp_message_id)
+    if isinstance(result, frames.ReactFrame):
+        assert untrusted.storable(result.emoji) and 1 <= len(result.emoji) <= frames.MAX_EMOJI
+        assert not any(c.isspace() for c in result.emoji) and isinstance(result.on, bool)
 
 
 @settings(max_examples=400, deadline=None)
@@ -223,6 +240,32 @@ def test_any_query_parameters_give_a_page_or_a_400(params):
             continue
         for value in vars(page).values():
             assert not isinstance(value, int) or untrusted.INT64_MIN <= value <= untrusted.INT64_MAX
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["q", "conversationId", "limit", "before", "after"]),
+        query_text | st.text(alphabet=" \t\u3000%_\\ab\u00e9\u4e2d\x00", max_size=250),
+        max_size=4,
+    )
+)
+def test_any_search_or_changes_parameters_give_a_page_or_a_400(params):
+    try:
+        found = paging.search(params)
+    except ParamError:
+        pass
+    else:
+        assert 1 <= len(found.words) <= paging.MAX_WORDS and 1 <= found.limit <= paging.MAX_LIMIT
+        for word in found.words:
+            assert word and untrusted.storable(word) and not any(c.isspace() for c in word)
+            assert "%" not in word.replace("\\%", "") and "_" not in word.replace("\\_", "")
+    try:
+        page = paging.changes(params)
+    except ParamError:
+        pass
+    else:
+        assert 0 <= page.after <= untrusted.INT64_MAX and 1 <= page.limit <= paging.MAX_LIMIT
 
 
 @settings(max_examples=300, deadline=None)

@@ -101,3 +101,65 @@ def test_new_conversation_bodies(body, caller, expected):
 def test_invalid_new_conversation_bodies(body):
     with pytest.raises(ParamError):
         requests.new_conversation(body, "alice")
+
+
+def test_changes_params():
+    assert paging.changes({"after": "0"}) == paging.ChangesPage(after=0, limit=paging.DEFAULT_CHANGES)
+    assert paging.changes({"after": "41", "limit": "100"}) == paging.ChangesPage(after=41, limit=100)
+    for bad, message in (
+        ({}, "after is required"),
+        ({"after": "-1"}, "after must be >= 0"),
+        ({"after": "1", "limit": "101"}, "limit must be between 1 and 100"),
+        ({"after": "x"}, "after must be a whole number"),
+    ):
+        with pytest.raises(ParamError) as info:
+            paging.changes(bad)
+        assert message in str(info.value)
+
+
+CID_A = uuid.UUID("6f1c54f6-3e0e-4a4b-9c6a-1d2e3f4a5b6c")
+
+
+@pytest.mark.parametrize(
+    ("params", "words", "conversation_id", "limit"),
+    [
+        ({"q": "hello"}, ("hello",), None, paging.DEFAULT_SEARCH),
+        ({"q": "  Hello   world "}, ("Hello", "world"), None, paging.DEFAULT_SEARCH),
+        ({"q": "a a b a"}, ("a", "b"), None, paging.DEFAULT_SEARCH),  # each word once, in order
+        ({"q": "100%_sure\\"}, ("100\\%\\_sure\\\\",), None, paging.DEFAULT_SEARCH),  # literal, not patterns
+        ({"q": "東京\u3000駅", "conversationId": str(CID_A), "limit": "5"}, ("東京", "駅"), CID_A, 5),
+        ({"q": " ".join(f"w{i}" for i in range(10))}, tuple(f"w{i}" for i in range(10)), None, paging.DEFAULT_SEARCH),
+    ],
+)
+def test_search_params(params, words, conversation_id, limit):
+    page = paging.search(params)
+    assert (page.words, page.conversation_id, page.limit, page.before) == (words, conversation_id, limit, None)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "q is required"),
+        ({"q": ""}, "q must be 1 to 200 characters"),
+        ({"q": "x" * 201}, "q must be 1 to 200 characters"),
+        ({"q": " \t\u3000"}, "q has no word"),
+        ({"q": " ".join(f"w{i}" for i in range(11))}, "more than 10 words"),
+        ({"q": "a\x00b"}, "U+0000"),
+        ({"q": "a", "conversationId": "nope"}, "conversationId must be a UUID"),
+        ({"q": "a", "limit": "0"}, "limit must be between 1 and 100"),
+        ({"q": "a", "before": "garbage"}, "before is not a cursor"),
+        ({"q": "a", "before": "garbage.12"}, "before"),
+    ],
+)
+def test_bad_search_params(params, message):
+    with pytest.raises(ParamError) as info:
+        paging.search(params)
+    assert message in str(info.value)
+
+
+def test_search_cursor_round_trip():
+    moment = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    cursor = paging.encode_search_cursor(moment, CID_A, 9_007_199_254_740_993)
+    assert paging.search({"q": "x", "before": cursor}).before == (moment, CID_A, 9_007_199_254_740_993)
+    with pytest.raises(ParamError):
+        paging.decode_search_cursor(paging.encode_cursor(moment, CID_A))  # a list cursor is not one
