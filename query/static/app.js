@@ -8,8 +8,13 @@ const state = {
   conversations: new Map(),        // id -> summary (REST shape)
   current: null,                   // open conversation id
   messages: new Map(),             // messageId -> element, for the open conversation
+  items: new Map(),                // messageId -> latest known state (history item shape)
   pending: new Map(),              // tempMessageId -> {element, frame}
-  oldestSeq: null, newestSeq: 0,   // of the open conversation, for paging and catch-up
+  oldestSeq: null, newestSeq: 0,   // of the open conversation, for paging
+  newestChange: 0,                 // the open conversation's change counter as far as we have it
+  loading: false,                  // the open conversation's first page is on its way
+  catchingUp: null,                // the running catch-up, so gaps do not start a second one
+  search: { q: "", next: null },
   typingTimer: null, lastTypingSent: 0,
 };
 
@@ -83,6 +88,8 @@ async function boot() {
   });
   $("message").addEventListener("input", sendTyping);
   $("load-earlier").addEventListener("click", loadEarlier);
+  $("search").addEventListener("submit", (event) => { event.preventDefault(); search(false).catch(showSearchError); });
+  $("search-more").addEventListener("click", () => search(true).catch(showSearchError));
   document.addEventListener("visibilitychange", () => { if (!document.hidden) markRead(); });
   const saved = sessionStorage.getItem("chat.token");
   if (saved) signIn(saved);
@@ -130,7 +137,8 @@ function renderConversations() {
                                   "data-conversation": c.conversationId },
       el("span", { class: "name" }, nameOf(c)),
       unread ? el("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null,
-      el("span", { class: "latest" }, c.latestContent ? `${c.senderId}: ${c.latestContent}` : "no messages yet"));
+      el("span", { class: "latest" }, (c.lastSeq || 0) > 0 && c.senderId
+        ? `${c.senderId}: ${c.latestContent || "message deleted"}` : "no messages yet"));
     button.addEventListener("click", () => openConversation(c.conversationId));
     return el("li", {}, button);
   }));
@@ -158,9 +166,12 @@ async function createConversation(event) {
 async function openConversation(id) {
   state.current = id;
   state.messages.clear();
+  state.items.clear();
   state.pending.clear();
   state.oldestSeq = null;
   state.newestSeq = 0;
+  state.newestChange = 0;
+  $("chat-error").textContent = "";
   $("messages").replaceChildren();
   $("typing").textContent = "";
   $("composer").hidden = false;
@@ -169,8 +180,14 @@ async function openConversation(id) {
   state.conversations.set(id, { ...summary, title: info.title, participantIds: info.participantIds, isGroup: info.isGroup });
   $("conversation-title").textContent = nameOf(state.conversations.get(id));
   $("participants").textContent = `With ${info.participantIds.filter((u) => u !== state.me).join(", ")}`;
-  const page = await api(`/conversations/${id}/messages?limit=30&offset=0`);
-  page.reverse().forEach((m) => addMessage(m));
+  state.loading = true;  // frames that arrive meanwhile are applied, then the catch-up below closes any gap
+  try {
+    const page = await api(`/conversations/${id}/messages?limit=30&offset=0`);
+    if (state.current !== id) return;
+    page.reverse().forEach((m) => addMessage(m));
+    state.newestChange = Math.max(0, ...page.map((m) => m.change || 0));
+  } finally { state.loading = false; }
+  await catchUpChanges();
   $("load-earlier").hidden = !(state.oldestSeq > 1);
   renderConversations();
   markRead();
@@ -185,32 +202,51 @@ async function loadEarlier() {
 }
 
 async function catchUp() {
-  // after a reconnect: everything after the newest message we have, by seq
+  // after a reconnect: every message new, edited, deleted or reacted to since the newest change we have
   if (state.current) {
-    for (;;) {
-      const page = await api(`/conversations/${state.current}/messages?limit=100&afterSeq=${state.newestSeq}`);
-      page.forEach((m) => addMessage(m));
-      if (page.length < 100) break;
-    }
+    await catchUpChanges();
     markRead();
   }
   await loadConversations();
 }
 
+function catchUpChanges() {
+  if (!state.catchingUp) {
+    const id = state.current;
+    state.catchingUp = (async () => {
+      for (;;) {
+        const page = await api(`/conversations/${id}/changes?after=${state.newestChange}&limit=100`);
+        if (state.current !== id) return;
+        page.forEach((m) => applyMessage(m));
+        if (page.length < 100) return;
+      }
+    })().finally(() => { state.catchingUp = null; });
+  }
+  return state.catchingUp;
+}
+
+function sawChange(frame) {
+  // change is gapless per conversation: a jump means a frame was missed while we were away
+  if (frame.change == null || state.loading) return;
+  if (frame.change > state.newestChange + 1) catchUpChanges().catch(() => {});
+  else state.newestChange = Math.max(state.newestChange, frame.change);
+}
+
 // ---- messages ---------------------------------------------------------------------------------
+
+function applyMessage(m) {
+  // a history item from /changes: new, or the latest state of one we show
+  if (state.messages.has(m.messageId)) updateMessage(m);
+  else if (state.oldestSeq == null || m.seq > state.oldestSeq) addMessage(m);  // older ones come with "Load earlier"
+  if (m.change != null) state.newestChange = Math.max(state.newestChange, m.change);
+}
 
 function addMessage(m, { prepend = false } = {}) {
   if (state.messages.has(m.messageId)) return;
   const pending = m.tempMessageId && state.pending.get(m.tempMessageId);
-  const mine = m.senderId === state.me;
-  const node = pending ? pending.element : el("li", { class: `message${mine ? " mine" : ""}` });
-  node.className = `message${mine ? " mine" : ""}`;
-  node.dataset.seq = m.seq;
-  node.dataset.messageId = m.messageId;
-  node.replaceChildren(
-    el("span", { class: "meta" }, `${mine ? "You" : m.senderId} · ${time(m.sentAt)}`,
-       mine ? el("span", { class: "state" }, "") : null),
-    el("span", { class: "content" }, m.content));
+  const node = pending ? pending.element : el("li", { class: "message" });
+  state.items.set(m.messageId, { editedAt: null, deleted: false, reactions: [], ...m });
+  renderMessage(node, state.items.get(m.messageId));
   if (pending) state.pending.delete(m.tempMessageId);
   state.messages.set(m.messageId, node);
   if (!pending) {
@@ -221,6 +257,129 @@ function addMessage(m, { prepend = false } = {}) {
   state.oldestSeq = state.oldestSeq == null ? m.seq : Math.min(state.oldestSeq, m.seq);
   state.newestSeq = Math.max(state.newestSeq, m.seq);
   if (!prepend) node.scrollIntoView({ block: "nearest" });
+}
+
+function updateMessage(update) {
+  const known = state.items.get(update.messageId);
+  const node = state.messages.get(update.messageId);
+  if (!known || !node || (known.change != null && update.change != null && update.change <= known.change)) return;
+  const item = { ...known, content: update.content, editedAt: update.editedAt, deleted: update.deleted,
+                 reactions: update.reactions, change: update.change };
+  state.items.set(update.messageId, item);
+  if (node.querySelector("form.edit")) return;  // being edited here: shown as it is now when the form closes
+  const seen = node.querySelector(".state")?.textContent || "";
+  renderMessage(node, item);
+  const mark = node.querySelector(".state");
+  if (mark) mark.textContent = seen;
+}
+
+const EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+
+function renderMessage(node, m) {
+  const mine = m.senderId === state.me;
+  node.className = `message${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}`;
+  node.dataset.seq = m.seq;
+  node.dataset.messageId = m.messageId;
+  const meta = el("span", { class: "meta" }, `${mine ? "You" : m.senderId} · ${time(m.sentAt)}`,
+    m.editedAt && !m.deleted ? el("span", { class: "edited", title: `edited ${time(m.editedAt)}` }, " · edited") : null,
+    mine ? el("span", { class: "state" }, "") : null);
+  if (m.deleted) {
+    node.replaceChildren(meta, el("span", { class: "content" }, "Message deleted"));
+    return;
+  }
+  const tools = el("span", { class: "tools" });
+  if (mine) {
+    const edit = el("button", { type: "button", class: "tool", "aria-label": "Edit message" }, "Edit");
+    edit.addEventListener("click", () => startEdit(node, m));
+    const remove = el("button", { type: "button", class: "tool", "aria-label": "Delete message" }, "Delete");
+    remove.addEventListener("click", () => {
+      if (confirm("Delete this message for everyone?")) send({ action: "delete-message", messageId: m.messageId });
+    });
+    tools.append(edit, remove);
+  }
+  const add = el("button", { type: "button", class: "tool", "aria-label": "Add reaction", "aria-expanded": "false" }, "☺+");
+  const picker = el("span", { class: "picker", hidden: true });
+  for (const emoji of EMOJI) {
+    const choice = el("button", { type: "button", class: "tool", "aria-label": `React ${emoji}` }, emoji);
+    choice.addEventListener("click", () => {
+      picker.hidden = true;
+      add.setAttribute("aria-expanded", "false");
+      react(m, emoji, !reactedWith(m, emoji));
+    });
+    picker.append(choice);
+  }
+  add.addEventListener("click", () => {
+    picker.hidden = !picker.hidden;
+    add.setAttribute("aria-expanded", String(!picker.hidden));
+  });
+  tools.append(add, picker);
+  const reactions = el("span", { class: "reactions" }, ...(m.reactions || []).map((r) => {
+    const chip = el("button", { type: "button", class: "reaction", "aria-pressed": String(r.userIds.includes(state.me)),
+                                title: r.userIds.join(", "), "data-emoji": r.emoji,
+                                "aria-label": `${r.emoji} ${r.userIds.length}: ${r.userIds.join(", ")}` },
+      `${r.emoji} ${r.userIds.length}`);
+    chip.addEventListener("click", () => react(m, r.emoji, !r.userIds.includes(state.me)));
+    return chip;
+  }));
+  node.replaceChildren(meta, el("span", { class: "content" }, m.content), reactions, tools);
+}
+
+function reactedWith(m, emoji) {
+  return (m.reactions || []).some((r) => r.emoji === emoji && r.userIds.includes(state.me));
+}
+
+function react(m, emoji, on) {
+  send({ action: "react", messageId: m.messageId, emoji, on });
+}
+
+function startEdit(node, m) {
+  const box = el("textarea", { rows: 2, maxLength: 1000, value: m.content, "aria-label": "Edit message text" });
+  const save = el("button", { type: "submit" }, "Save");
+  const cancel = el("button", { type: "button", class: "secondary" }, "Cancel");
+  const form = el("form", { class: "edit" }, box, save, cancel);
+  const restore = () => renderMessage(node, state.items.get(m.messageId) || m);
+  cancel.addEventListener("click", restore);
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") restore();
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const content = box.value.trimEnd();
+    if (content && content !== m.content) send({ action: "edit-message", messageId: m.messageId, content });
+    restore();  // the stored edit comes back as message-updated
+  });
+  node.querySelector(".content").replaceWith(form);
+  box.focus();
+}
+
+// ---- search -----------------------------------------------------------------------------------
+
+async function search(more) {
+  $("search-error").textContent = "";
+  if (!more) state.search = { q: $("search-q").value.trim(), next: null };
+  if (!state.search.q) { $("search-results").replaceChildren(); $("search-more").hidden = true; return; }
+  const params = new URLSearchParams({ q: state.search.q, limit: "20" });
+  if (more && state.search.next) params.set("before", state.search.next);
+  const page = await api(`/search?${params}`);
+  const items = page.results.map((m) => {
+    const c = state.conversations.get(m.conversationId) || { conversationId: m.conversationId };
+    const button = el("button", { type: "button", class: "result", "data-conversation": m.conversationId },
+      el("span", { class: "name" }, `${nameOf(c)} · ${m.senderId === state.me ? "You" : m.senderId}`),
+      el("span", { class: "when" }, time(m.sentAt)),
+      el("span", { class: "latest" }, m.content));
+    button.addEventListener("click", () => openConversation(m.conversationId));
+    return el("li", {}, button);
+  });
+  if (more) $("search-results").append(...items); else $("search-results").replaceChildren(...items);
+  if (!more && !items.length) $("search-results").replaceChildren(el("li", { class: "hint" }, "No messages found"));
+  state.search.next = page.next;
+  $("search-more").hidden = !page.next;
+}
+
+function showSearchError(error) {
+  if (error.status === 401) { signOut(); return; }
+  $("search-error").textContent = error.message;
 }
 
 function sendMessage() {
@@ -301,11 +460,21 @@ function onFrame(frame) {
       if (fresh && frame.senderId !== state.me && frame.conversationId !== state.current) c.unreadCount = (c.unreadCount || 0) + 1;
       state.conversations.set(frame.conversationId, c);
       if (frame.conversationId === state.current) {
+        sawChange(frame);
         addMessage(frame);
         if (frame.senderId !== state.me) { $("typing").textContent = ""; markRead(); }
       }
       if (!c.participantIds) loadConversations().catch(() => {});
       renderConversations();
+      break;
+    }
+    case "message-updated": {
+      const c = state.conversations.get(frame.conversationId);
+      if (c && c.lastSeq === frame.seq) { c.latestContent = frame.content; renderConversations(); }
+      if (frame.conversationId === state.current) {
+        updateMessage(frame);
+        sawChange(frame);
+      }
       break;
     }
     case "read-messages": {
@@ -339,6 +508,8 @@ function onFrame(frame) {
         pending.element.classList.add("failed");
         pending.element.querySelector(".meta").textContent = `Not sent: ${frame.message}`;
         state.pending.delete(frame.tempMessageId);
+      } else if (frame.messageId) {
+        $("chat-error").textContent = frame.message;  // an edit, delete or reaction refused
       }
       break;
     }

@@ -1,8 +1,10 @@
-"""The web client at /app/, driven in Debian's Chromium by Playwright: two people chat."""
+"""The web client at /app/, driven in Debian's Chromium by Playwright: two people chat, then edit,
+delete, react and search."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -96,5 +98,108 @@ async def test_two_people_chat_in_the_browser(system):
 
             if os.environ.get("CHAT_SCREENSHOT"):
                 await alice.screenshot(path=str(Path(os.environ["CHAT_SCREENSHOT"])))
+        finally:
+            await browser.close()
+
+
+async def start_with_two_gateways(system):
+    await system.start("writer")
+    await system.start("notifier")
+    gateway_a = await system.start("gateway")
+    gateway_b = await system.start("gateway")
+    gateways = f"ws://127.0.0.1:{gateway_a.port}/,ws://127.0.0.1:{gateway_b.port}/"
+    query = await system.start("query", env={"CHAT_DEV_LOGIN": "true", "CHAT_WEB_GATEWAYS": gateways})
+    return query, gateway_a, gateway_b
+
+
+async def write(page, text: str) -> None:
+    await page.get_by_label("Message", exact=True).fill(text)
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".message.mine", has_text=text)).to_have_count(1)
+    await expect(page.locator(".message.pending")).to_have_count(0)
+
+
+async def test_edit_delete_react_and_search_in_the_browser(system):
+    query, gateway_a, gateway_b = await start_with_two_gateways(system)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            alice = await (await browser.new_context(viewport={"width": 1100, "height": 800})).new_page()
+            bob = await (await browser.new_context(viewport={"width": 1100, "height": 800})).new_page()
+            await sign_in(alice, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway_a.port}/", "alice")
+            await sign_in(bob, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway_b.port}/", "bob")
+            await alice.get_by_label("With (user ids, comma-separated)").fill("bob")
+            await alice.get_by_role("button", name="Start").click()
+            await expect(alice.locator("#conversation-title")).to_have_text("bob")
+            await write(alice, "Lunch at noon?")
+            await write(alice, "서울역에서 만나요")
+            await bob.locator("#conversations button", has_text="alice").click()
+            await expect(bob.locator(".message")).to_have_count(2)
+
+            # alice fixes her message; bob sees the new text marked edited
+            lunch = alice.locator(".message.mine", has_text="Lunch at noon?")
+            await lunch.get_by_role("button", name="Edit message").click()
+            await alice.get_by_label("Edit message text").fill("Lunch at one?")
+            await alice.get_by_role("button", name="Save").click()
+            bobs_lunch = bob.locator(".message", has_text="Lunch at one?")
+            await expect(bobs_lunch).to_contain_text("edited")
+            await expect(alice.locator(".message.mine", has_text="Lunch at one?")).to_contain_text("edited")
+            # only the sender may edit or delete: bob's page offers neither on alice's message
+            await expect(bobs_lunch.get_by_role("button", name="Edit message")).to_have_count(0)
+            await expect(bobs_lunch.get_by_role("button", name="Delete message")).to_have_count(0)
+
+            # bob reacts; alice sees it under the message and adds hers with one click
+            await bobs_lunch.get_by_role("button", name="Add reaction").click()
+            await bobs_lunch.get_by_role("button", name="React 👍").click()
+            alices_chip = alice.locator(".message", has_text="Lunch at one?").locator(".reaction")
+            await expect(alices_chip).to_have_text("👍 1")
+            await expect(alices_chip).to_have_attribute("aria-pressed", "false")
+            await alices_chip.click()
+            await expect(bobs_lunch.locator(".reaction")).to_have_text("👍 2")
+            await expect(alices_chip).to_have_attribute("aria-pressed", "true")
+            await bobs_lunch.locator(".reaction").click()  # bob takes his back
+            await expect(alices_chip).to_have_text("👍 1")
+
+            # alice deletes the other message: it becomes a tombstone on both pages
+            alice.on("dialog", lambda dialog: dialog.accept())
+            seoul = alice.locator(".message.mine", has_text="서울역에서 만나요")
+            await seoul.get_by_role("button", name="Delete message").click()
+            await expect(bob.locator(".message", has_text="서울역에서")).to_have_count(0)
+            await expect(bob.locator(".message.deleted")).to_have_text(re.compile("Message deleted"))
+            await expect(alice.locator(".message.deleted")).to_have_count(1)
+
+            # bob's gateway goes away; alice edits and reacts meanwhile; bob catches up on reconnect
+            gateway_b.terminate()
+            await expect(bob.locator("#status")).not_to_have_text("online")
+            await (
+                alice.locator(".message.mine", has_text="Lunch at one?")
+                .get_by_role("button", name="Edit message")
+                .click()
+            )
+            await alice.get_by_label("Edit message text").fill("Lunch at two, 역 앞에서")
+            await alice.get_by_role("button", name="Save").click()
+            await expect(alice.locator(".message.mine", has_text="Lunch at two")).to_have_count(1)
+            await system.start("gateway", port=gateway_b.port)
+            await expect(bob.locator("#status")).to_have_text("online", timeout=30000)
+            await expect(bob.locator(".message", has_text="Lunch at two, 역 앞에서")).to_have_count(1, timeout=15000)
+            await expect(bob.locator(".message", has_text="Lunch at two").locator(".reaction")).to_have_text("👍 1")
+
+            # search: inside words, in Korean too; deleted text is gone; a result opens its conversation
+            await bob.get_by_label("Search messages").fill("역")
+            await bob.get_by_role("button", name="Search", exact=True).click()
+            results = bob.locator("#search-results li")
+            await expect(results).to_have_count(1)
+            await expect(results).to_contain_text("Lunch at two, 역 앞에서")
+            await bob.get_by_label("Search messages").fill("서울역")
+            await bob.get_by_role("button", name="Search", exact=True).click()
+            await expect(results).to_have_text(["No messages found"])
+            await bob.get_by_label("Search messages").fill("UNCH")
+            await bob.get_by_role("button", name="Search", exact=True).click()
+            await expect(results).to_have_count(1)
+            await results.get_by_role("button").click()
+            await expect(bob.locator("#conversation-title")).to_have_text("alice")
+            if os.environ.get("CHAT_SCREENSHOT"):
+                shot = Path(os.environ["CHAT_SCREENSHOT"])
+                await bob.screenshot(path=str(shot.with_name(f"{shot.stem}-features{shot.suffix}")))
         finally:
             await browser.close()
