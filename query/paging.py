@@ -122,7 +122,7 @@ def changes(params: Mapping[str, str]) -> ChangesPage:
 
 
 MAX_QUERY = 200  # characters of q
-MAX_WORDS = 10  # words of q: each is one more condition on the index
+MAX_INDEXED = 10  # words of q the trigram index looks up (the longest); the rest are checked per row
 DEFAULT_SEARCH = 20
 
 
@@ -131,7 +131,8 @@ SearchCursor = tuple[datetime, uuid.UUID, int]  # (sent_at, conversation_id, seq
 
 @dataclass(frozen=True)
 class SearchPage:
-    words: tuple[str, ...]  # lowered by the database, as the index is; LIKE's % _ \\ escaped
+    words: tuple[str, ...]  # looked up in the index, longest first; LIKE's % _ \\ escaped, lowered by the database
+    checked: tuple[str, ...]  # the other words, checked on the rows the index finds; escaped the same way
     conversation_id: uuid.UUID | None
     limit: int
     before: SearchCursor | None
@@ -139,7 +140,9 @@ class SearchPage:
 
 def search(params: Mapping[str, str]) -> SearchPage:
     """``GET /search?q=...[&conversationId=...][&limit=L][&before=cursor]``: ``q`` of 1 to 200
-    characters, at most 10 words once split on whitespace; every word must match."""
+    characters, split on whitespace; every word must match. A word inside another word of ``q``
+    adds nothing and is dropped; the 10 longest are looked up in the index (each lookup costs, and
+    a longer word is the more selective), any others checked on the rows found."""
     q = params.get("q")
     if q is None:
         raise ParamError("q is required")
@@ -147,11 +150,11 @@ def search(params: Mapping[str, str]) -> SearchPage:
         raise ParamError(f"q must be 1 to {MAX_QUERY} characters")
     if not untrusted.storable(q):
         raise ParamError("q contains U+0000 or an unpaired surrogate")
-    words = tuple(dict.fromkeys(q.split()))  # each word once, in order
-    if not words:
+    distinct = dict.fromkeys(q.split())  # each word once, in order
+    if not distinct:
         raise ParamError("q has no word (only whitespace)")
-    if len(words) > MAX_WORDS:
-        raise ParamError(f"q has more than {MAX_WORDS} words")
+    # implied by a longer word (the database lowers character by character, so it stays implied)
+    words = sorted((w for w in distinct if not any(w != o and w in o for o in distinct)), key=len, reverse=True)
     raw_cid = params.get("conversationId")
     try:
         conversation_id = uuid.UUID(raw_cid) if raw_cid is not None else None
@@ -160,7 +163,8 @@ def search(params: Mapping[str, str]) -> SearchPage:
     limit = _int(params, "limit", 1, MAX_LIMIT)
     before_raw = params.get("before")
     return SearchPage(
-        words=tuple(like_escape(w) for w in words),
+        words=tuple(like_escape(w) for w in words[:MAX_INDEXED]),
+        checked=tuple(like_escape(w) for w in words[MAX_INDEXED:]),
         conversation_id=conversation_id,
         limit=DEFAULT_SEARCH if limit is None else limit,
         before=decode_search_cursor(before_raw) if before_raw is not None else None,

@@ -109,19 +109,22 @@ IS_MEMBER = "SELECT true FROM participants WHERE conversation_id = $1 AND user_i
 
 
 def search_sql(words: int) -> str:
-    """The search for ``words`` words: each a condition on search_text (the content lowered, every
-    non-ASCII character tripled: migration 0006) that the trigram index can answer, since the pattern
-    is transformed the same way. It runs with plan_cache_mode force_custom_plan (query/reads.py):
-    whether the index or a walk along messages_sent_idx is the cheaper way depends on the words, which
-    a generic plan cannot see. $1 user, $2 one conversation or null, $3-$5 the cursor (sent_at,
-    conversation, seq) or nulls, $6 limit, then the words."""
-    matches = "".join(f"\n  AND m.search_text LIKE '%' || chat_search_text(${i + 7}) || '%'" for i in range(words))
+    """The search for ``words`` indexed words: each a condition on search_text (the content lowered,
+    every non-ASCII character tripled: migration 0006) that the trigram index can answer, since the
+    pattern is transformed the same way; the other words ($7, an array) are one condition the index
+    cannot answer (GIN takes no arrays), checked on the rows found. It runs with plan_cache_mode
+    force_custom_plan (query/reads.py): whether the index or a walk along messages_sent_idx is the
+    cheaper way depends on the words, which a generic plan cannot see. $1 user, $2 one conversation
+    or null, $3-$5 the cursor (sent_at, conversation, seq) or nulls, $6 limit, $7 the checked words,
+    then the indexed words."""
+    matches = "".join(f"\n  AND m.search_text LIKE '%' || chat_search_text(${i + 8}) || '%'" for i in range(words))
     return f"""
 SELECT {", ".join(f"m.{c}" for c in _ITEM)}, m.reactions::text AS reactions
 FROM messages m
 WHERE EXISTS (SELECT 1 FROM participants p WHERE p.conversation_id = m.conversation_id AND p.user_id = $1)
   AND ($2::uuid IS NULL OR m.conversation_id = $2::uuid)
   AND NOT m.deleted{matches}
+  AND m.search_text LIKE ALL (ARRAY(SELECT '%' || chat_search_text(w) || '%' FROM unnest($7::text[]) w))
   AND ($3::timestamptz IS NULL OR (m.sent_at, m.conversation_id, m.seq) < ($3::timestamptz, $4::uuid, $5::bigint))
 ORDER BY m.sent_at DESC, m.conversation_id DESC, m.seq DESC
 LIMIT $6
@@ -135,7 +138,15 @@ async def search(conn: Conn, user: str, page: SearchPage) -> list[asyncpg.Record
         return None
     at, cid, seq = page.before if page.before else (None, None, None)
     return await conn.fetch(
-        search_sql(len(page.words)), user, page.conversation_id, at, cid, seq, page.limit + 1, *page.words
+        search_sql(len(page.words)),
+        user,
+        page.conversation_id,
+        at,
+        cid,
+        seq,
+        page.limit + 1,
+        list(page.checked),
+        *page.words,
     )
 
 

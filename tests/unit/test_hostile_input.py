@@ -5,6 +5,7 @@ exception (docs/protocol.md section 5)."""
 from __future__ import annotations
 
 import json
+import re
 import string
 
 import pytest
@@ -256,8 +257,10 @@ def test_any_search_or_changes_parameters_give_a_page_or_a_400(params):
     except ParamError:
         pass
     else:
-        assert 1 <= len(found.words) <= paging.MAX_WORDS and 1 <= found.limit <= paging.MAX_LIMIT
-        for word in found.words:
+        assert 1 <= len(found.words) <= paging.MAX_INDEXED and 1 <= found.limit <= paging.MAX_LIMIT
+        raw = [re.sub(r"\\(.)", r"\1", w, flags=re.S) for w in found.words + found.checked]  # unescaped
+        assert all(len(a) >= len(b) for a, b in zip(raw, raw[1:]))  # the longest are the indexed ones
+        for word in found.words + found.checked:
             assert word and untrusted.storable(word) and not any(c.isspace() for c in word)
             assert "%" not in word.replace("\\%", "") and "_" not in word.replace("\\_", "")
     try:

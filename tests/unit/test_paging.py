@@ -121,19 +121,32 @@ CID_A = uuid.UUID("6f1c54f6-3e0e-4a4b-9c6a-1d2e3f4a5b6c")
 
 
 @pytest.mark.parametrize(
-    ("params", "words", "conversation_id", "limit"),
+    ("params", "words", "checked", "conversation_id", "limit"),
     [
-        ({"q": "hello"}, ("hello",), None, paging.DEFAULT_SEARCH),
-        ({"q": "  Hello   world "}, ("Hello", "world"), None, paging.DEFAULT_SEARCH),
-        ({"q": "a a b a"}, ("a", "b"), None, paging.DEFAULT_SEARCH),  # each word once, in order
-        ({"q": "100%_sure\\"}, ("100\\%\\_sure\\\\",), None, paging.DEFAULT_SEARCH),  # literal, not patterns
-        ({"q": "東京\u3000駅", "conversationId": str(CID_A), "limit": "5"}, ("東京", "駅"), CID_A, 5),
-        ({"q": " ".join(f"w{i}" for i in range(10))}, tuple(f"w{i}" for i in range(10)), None, paging.DEFAULT_SEARCH),
+        ({"q": "hello"}, ("hello",), (), None, paging.DEFAULT_SEARCH),
+        ({"q": "  Hello   world "}, ("Hello", "world"), (), None, paging.DEFAULT_SEARCH),
+        ({"q": "a a b a"}, ("a", "b"), (), None, paging.DEFAULT_SEARCH),  # each word once
+        ({"q": "at lunch unch"}, ("lunch", "at"), (), None, paging.DEFAULT_SEARCH),  # longest first; unch is implied
+        ({"q": "100%_sure\\"}, ("100\\%\\_sure\\\\",), (), None, paging.DEFAULT_SEARCH),  # literal, not patterns
+        ({"q": "東京\u3000駅", "conversationId": str(CID_A), "limit": "5"}, ("東京", "駅"), (), CID_A, 5),
+        (
+            {"q": "a bb " + " ".join(f"w{i:02}" for i in range(10))},
+            tuple(f"w{i:02}" for i in range(10)),
+            ("bb", "a"),  # past the 10 longest: checked on the rows found
+            None,
+            paging.DEFAULT_SEARCH,
+        ),
     ],
 )
-def test_search_params(params, words, conversation_id, limit):
+def test_search_params(params, words, checked, conversation_id, limit):
     page = paging.search(params)
-    assert (page.words, page.conversation_id, page.limit, page.before) == (words, conversation_id, limit, None)
+    assert (page.words, page.checked, page.conversation_id, page.limit, page.before) == (
+        words,
+        checked,
+        conversation_id,
+        limit,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +156,6 @@ def test_search_params(params, words, conversation_id, limit):
         ({"q": ""}, "q must be 1 to 200 characters"),
         ({"q": "x" * 201}, "q must be 1 to 200 characters"),
         ({"q": " \t\u3000"}, "q has no word"),
-        ({"q": " ".join(f"w{i}" for i in range(11))}, "more than 10 words"),
         ({"q": "a\x00b"}, "U+0000"),
         ({"q": "a", "conversationId": "nope"}, "conversationId must be a UUID"),
         ({"q": "a", "limit": "0"}, "limit must be between 1 and 100"),
