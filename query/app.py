@@ -261,7 +261,10 @@ def create_app(settings: QuerySettings) -> web.Application:
     # connections of their own: those bound how many run at once
     search_dbs = [
         Database(url, max_size=SEARCH_CONNECTIONS, settings=CUSTOM_PLANS, standby=standby_read)
-        for url, standby_read in ((settings.database_url, False), (settings.database_read_url, True))
+        for url, standby_read in (
+            (settings.database_url, False),
+            (settings.database_read_url if standby is not None else None, True),
+        )
         if url is not None
     ]
     reads = Reads(

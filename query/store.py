@@ -108,23 +108,27 @@ async def changes(conn: Conn, cid: uuid.UUID, user: str, page: ChangesPage) -> l
 IS_MEMBER = "SELECT true FROM participants WHERE conversation_id = $1 AND user_id = $2"
 
 
-def search_sql(words: int) -> str:
+def search_sql(words: int, checked: bool = False) -> str:
     """The search for ``words`` indexed words: each a condition on search_text (the content lowered,
     every non-ASCII character tripled: migration 0006) that the trigram index can answer, since the
-    pattern is transformed the same way; the other words ($7, an array) are one condition the index
-    cannot answer (GIN takes no arrays), checked on the rows found. It runs with plan_cache_mode
+    pattern is transformed the same way; the other words ($7, an array, with ``checked``) are one
+    condition the index cannot answer (GIN takes no arrays), checked on the rows found. Without
+    other words the condition is left out, not given an empty array: the planner cannot see into
+    the array and guesses it removes most rows, which made it sort every match of a common word
+    rather than walk the newest messages. It runs with plan_cache_mode
     force_custom_plan (query/reads.py): whether the index or a walk along messages_sent_idx is the
     cheaper way depends on the words, which a generic plan cannot see. $1 user, $2 one conversation
     or null, $3-$5 the cursor (sent_at, conversation, seq) or nulls, $6 limit, $7 the checked words,
     then the indexed words."""
+    rest = "\n  AND m.search_text LIKE ALL (ARRAY(SELECT '%' || chat_search_text(w) || '%' FROM unnest($7::text[]) w))"
+    rest = rest if checked else "\n  AND $7::text[] IS NOT NULL"
     matches = "".join(f"\n  AND m.search_text LIKE '%' || chat_search_text(${i + 8}) || '%'" for i in range(words))
     return f"""
 SELECT {", ".join(f"m.{c}" for c in _ITEM)}, m.reactions::text AS reactions
 FROM messages m
 WHERE EXISTS (SELECT 1 FROM participants p WHERE p.conversation_id = m.conversation_id AND p.user_id = $1)
   AND ($2::uuid IS NULL OR m.conversation_id = $2::uuid)
-  AND NOT m.deleted{matches}
-  AND m.search_text LIKE ALL (ARRAY(SELECT '%' || chat_search_text(w) || '%' FROM unnest($7::text[]) w))
+  AND NOT m.deleted{matches}{rest}
   AND ($3::timestamptz IS NULL OR (m.sent_at, m.conversation_id, m.seq) < ($3::timestamptz, $4::uuid, $5::bigint))
 ORDER BY m.sent_at DESC, m.conversation_id DESC, m.seq DESC
 LIMIT $6
@@ -138,7 +142,7 @@ async def search(conn: Conn, user: str, page: SearchPage) -> list[asyncpg.Record
         return None
     at, cid, seq = page.before if page.before else (None, None, None)
     return await conn.fetch(
-        search_sql(len(page.words)),
+        search_sql(len(page.words), bool(page.checked)),
         user,
         page.conversation_id,
         at,
