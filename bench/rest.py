@@ -6,7 +6,14 @@ the user ``me`` being in ``--mine`` of them, then runs ``--clients`` concurrent 
 ``--seconds`` per endpoint and prints p50/p99 latency and requests/s. It also prints the
 EXPLAIN ANALYZE of the conversation-list query.
 
+Messages are 4 to 14 words drawn like chat text: mostly common English words, some Korean words
+with particles attached, some Chinese and Japanese words, and a few rare tokens. ``--cases
+search`` runs ``GET /search`` for kinds of terms (common, rare, Korean inside a longer word, one
+Chinese character, two words, none found, a short rare Latin term, and a mix of all) at each of
+``--search-clients`` and prints the plan of each.
+
     python -m bench.rest --messages 1000000 --conversations 10000 --mine 1000 --clients 50 --seconds 20
+    python -m bench.rest --cases search --search-clients 1,20 --seconds 10
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ import random
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
 
 from devtools.stack import private_system, spawn_service, wait_ready
-from query import store
+from query import paging, store
 from shared.auth import mint
 from shared.service import install_uvloop
 
@@ -51,9 +59,16 @@ SEED = [
     (
         """INSERT INTO messages (conversation_id, seq, id, sender_id, temp_message_id, content, sent_at, change)
         SELECT c.id, s, gen_random_uuid(), CASE WHEN s % 2 = 0 THEN 'peer' || c.rn ELSE 'x' || c.rn END,
-               c.rn || '-' || s, 'message number ' || s, now() - make_interval(secs => ($1::int - s) * 60 + c.rn), s
+               c.rn || '-' || s,
+               (SELECT string_agg(CASE WHEN r < 0.70 THEN ($2::text[])[1 + floor(random() * array_length($2::text[], 1))::int]
+                                       WHEN r < 0.85 THEN ($3::text[])[1 + floor(random() * array_length($3::text[], 1))::int]
+                                                          || ($4::text[])[1 + floor(random() * array_length($4::text[], 1))::int]
+                                       WHEN r < 0.95 THEN ($5::text[])[1 + floor(random() * array_length($5::text[], 1))::int]
+                                       ELSE 'zyx' || floor(random() * 2000)::int END, ' ')
+                FROM (SELECT random() AS r FROM generate_series(1, 4 + (s * 7 + c.rn) % 11)) w),
+               now() - make_interval(secs => ($1::int - s) * 60 + c.rn), s
         FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM conversations) c, generate_series(1, $1::int) s""",
-        ("per_conversation",),
+        ("per_conversation", "english", "korean", "particles", "cjk"),
     ),
     (
         """UPDATE conversations c SET last_seq = m.seq, last_change = m.seq, last_message_id = m.id, last_sent_at = m.sent_at,
@@ -75,6 +90,29 @@ SEED = [
 ]
 
 
+ENGLISH = (
+    "hello thanks meeting tomorrow lunch project deadline coffee weekend report review update call later today "
+    "please sure great idea budget client launch design office train ticket movie dinner family birthday party "
+    "music game code deploy server bug release sprint invoice payment holiday flight hotel beach mountain"
+).split()
+KOREAN = "친구 회의 내일 점심 프로젝트 마감 커피 주말 보고서 감사합니다 안녕하세요 학교 사랑 시간".split()
+PARTICLES = ["", "가", "는", "를", "에서", "와", "도", "의"]
+CJK = "東京 会議 明日 ランチ ありがとう 大阪 京都 北京 上海 朋友 你好".split()
+
+# What people search for, by kind; "mix" draws a kind, then a term of it, for each request.
+SEARCHES = {
+    "common word (coffee)": ["coffee"],
+    "two common words": ["coffee deadline"],
+    "inside a word (eadlin)": ["eadlin"],
+    "rare token (zyx1234 and others)": [f"zyx{n}" for n in range(1000, 1100)],
+    "Korean inside words (보고서, 친구)": ["보고서", "친구", "감사"],
+    "one Chinese character (京)": ["京"],
+    "Japanese (ランチ)": ["ランチ"],
+    "none found (nothingatall)": ["nothingatall"],
+    "two rare Latin letters (zq)": ["zq"],
+}
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
@@ -83,9 +121,21 @@ def percentile(values: list[float], p: float) -> float:
 async def seed(dsn: str, conversations: int, mine: int, per_conversation: int) -> list[str]:
     conn = await asyncpg.connect(dsn, command_timeout=3600)
     try:
-        values = {"conversations": conversations, "mine": mine, "per_conversation": per_conversation}
+        values = {
+            "conversations": conversations,
+            "mine": mine,
+            "per_conversation": per_conversation,
+            "english": ENGLISH,
+            "korean": KOREAN,
+            "particles": PARTICLES,
+            "cjk": CJK,
+        }
+        # the trigram index is built once the rows are in, as the migration would on a full table
+        search_index = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'messages_search_idx'")
+        await conn.execute("DROP INDEX messages_search_idx")
         for statement, names in SEED:
             await conn.execute(statement, *(values[n] for n in names))
+        await conn.execute(search_index)
         rows = await conn.fetch("SELECT conversation_id FROM participants WHERE user_id = 'me'")
         for limit in (None, 20):
             plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + store.LIST, "me", None, None, None, limit)
@@ -93,6 +143,23 @@ async def seed(dsn: str, conversations: int, mine: int, per_conversation: int) -
             for line in plan:
                 print("   ", line[0])
         return [str(r["conversation_id"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def explain_searches(dsn: str) -> None:
+    """The plan of each kind of search, run as the service runs it (a custom plan for the words)."""
+    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off"})
+    try:
+        for name, terms in SEARCHES.items():
+            page = paging.search({"q": terms[0], "limit": str(paging.DEFAULT_SEARCH)})
+            args = ("me", None, None, None, None, page.limit + 1, list(page.checked), *page.words)
+            plan = await conn.fetch(
+                "EXPLAIN (ANALYZE, BUFFERS) " + store.search_sql(len(page.words), bool(page.checked)), *args
+            )
+            print(f"# EXPLAIN ANALYZE of GET /search?q={terms[0]} ({name})")
+            for line in plan:
+                print("   ", line[0])
     finally:
         await conn.close()
 
@@ -126,6 +193,52 @@ async def hammer(session: aiohttp.ClientSession, urls: list[str], make_path, cli
     }
 
 
+WRK_SCRIPT = """
+local paths = {%s}
+local headers = {["Authorization"] = "%s"}
+request = function() return wrk.format("GET", paths[math.random(#paths)], headers) end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%d %%.3f %%.3f\\n", summary.requests, summary.duration,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+async def hammer_wrk(state: Path, urls: list[str], make_path, clients: int, seconds: float) -> dict:
+    """The same closed loop from ``wrk`` (one thread per query instance): a client that costs little
+    CPU, so the two cores go to the query service and Postgres. Paths are drawn from 2,000 of
+    ``make_path``'s."""
+    paths = ", ".join('"' + make_path().replace("\\", "\\\\").replace('"', '\\"') + '"' for _ in range(2000))
+    script = state / "wrk.lua"
+    script.write_text(WRK_SCRIPT % (paths, mint(SECRET, "me")))
+    runs = [
+        await asyncio.create_subprocess_exec(
+            "wrk",
+            "-t1",
+            f"-c{max(1, clients // len(urls))}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            str(script),
+            url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for url in urls
+    ]
+    outputs = [(await run.communicate())[0].decode() for run in runs]
+    results = [line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT ")]
+    if len(results) != len(urls):
+        raise RuntimeError(f"wrk did not finish: {outputs}")
+    requests = sum(int(r[0]) for r in results)
+    return {
+        "requests": requests,
+        "rps": round(sum(int(r[0]) / (int(r[1]) / 1e6) for r in results), 1),
+        "errors": sum(int(r[2]) for r in results),
+        "p50_ms": max(float(r[3]) for r in results),
+        "p99_ms": max(float(r[4]) for r in results),
+    }
+
+
 async def main_async(args: argparse.Namespace) -> None:
     async with private_system("chat-qbench-", 26430, fsync=True) as (stack, state, procs):
         dsn = stack.postgres.dsn()
@@ -145,6 +258,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "CHAT_LOG_LEVEL": "warning",
             # every request is the one user's: the per-user REST limit would answer most of them 429
             "CHAT_RATE_REST_READ": "100000:100000",
+            "CHAT_RATE_REST_SEARCH": "100000:100000",
         }
         urls = []
         for i in range(args.instances):
@@ -154,7 +268,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for url, proc in zip(urls, procs):
             await wait_ready(url, proc=proc)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            cases = {
+            reads = {
                 "GET /conversations (1,000 conversations)": lambda: "/conversations",
                 "GET /conversations?limit=20": lambda: "/conversations?limit=20",
                 "GET /conversations/{id}/messages?limit=50&offset=0": lambda: (
@@ -164,18 +278,39 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"/conversations/{random.choice(mine)}/messages?limit=50&beforeSeq={random.randint(51, 100)}"
                 ),
             }
+            runs: list[tuple[str, object, int]] = []
+            if args.cases in ("all", "reads"):
+                runs += [(name, path, args.clients) for name, path in reads.items()]
+            if args.cases in ("all", "search"):
+                await explain_searches(dsn)
+                kinds = {name: [terms] for name, terms in SEARCHES.items()}
+                kinds["mix of the above"] = list(SEARCHES.values())
+                for clients in (int(n) for n in args.search_clients.split(",")):
+                    runs += [(f"search: {name}", _searcher(terms), clients) for name, terms in kinds.items()]
             print(
-                f"# {args.clients} clients, {args.instances} query instance(s), {args.seconds}s per endpoint; "
+                f"# {args.instances} query instance(s), {args.seconds}s per endpoint, load from {args.load}; "
                 f"{os.cpu_count()} cores"
             )
-            print(f"{'endpoint':58} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
-            for name, path in cases.items():
-                await hammer(session, urls, path, args.clients, 2)  # warm-up
-                result = await hammer(session, urls, path, args.clients, args.seconds)
+            print(f"{'endpoint':58} {'clients':>7} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
+            for name, path, clients in runs:
+                if args.load == "wrk":
+                    await hammer_wrk(state, urls, path, clients, 2)  # warm-up
+                    result = await hammer_wrk(state, urls, path, clients, args.seconds)
+                else:
+                    await hammer(session, urls, path, clients, 2)  # warm-up
+                    result = await hammer(session, urls, path, clients, args.seconds)
                 print(
-                    f"{name:58} {result['rps']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8} {result['errors']:>6}",
+                    f"{name:58} {clients:>7} {result['rps']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8} "
+                    f"{result['errors']:>6}",
                     flush=True,
                 )
+            if args.hold:
+                print(f"# holding: query at {' '.join(urls)}, Postgres at {dsn}; Ctrl-C to stop", flush=True)
+                await asyncio.Event().wait()
+
+
+def _searcher(kinds: list[list[str]]):
+    return lambda: "/search?" + urlencode({"q": random.choice(random.choice(kinds))})
 
 
 def main() -> None:
@@ -186,6 +321,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--cases", choices=("all", "reads", "search"), default="all")
+    parser.add_argument("--load", choices=("python", "wrk"), default="python", help="the client: aiohttp here, or wrk")
+    parser.add_argument("--hold", action="store_true", help="keep the servers up afterwards, until Ctrl-C")
+    parser.add_argument("--search-clients", default="1,20", help="comma-separated client counts for the searches")
     args = parser.parse_args()
     install_uvloop()
     asyncio.run(main_async(args))
