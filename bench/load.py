@@ -43,6 +43,7 @@ from devtools.stack import metric_sum, private_cluster, private_system, service_
 from shared import stalls
 from shared.auth import mint
 from shared.db import session_target
+from shared.registry import TRUST_SECONDS
 from shared.service import install_uvloop, tune_gc
 from shared.settings import DEFAULT_PARTITIONS
 
@@ -433,7 +434,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 conns.append(await session.ws_connect(url, max_msg_size=0))
             stats = Stats()
             readers = [asyncio.create_task(reader(i, ws, stats)) for i, ws in enumerate(conns)]
-            await asyncio.sleep(2 if args.peer else 13)  # the registry is trusted after one full lease-refresh interval
+            await asyncio.sleep(2 if args.peer else TRUST_SECONDS + 1)  # the registry is trusted from then on
 
             rates = [float(r) for r in args.step.split(",")] if args.step else [args.rate]
             best = None

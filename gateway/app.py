@@ -26,7 +26,7 @@ from shared.tasks import cancel_and_wait
 
 from .delivery import Deliverer
 from .hub import Hub
-from .leases import SERVICE_RESTART, renew_leases
+from .leases import SERVICE_RESTART, Lease, renew_leases
 from .publisher import CommandPublisher
 from .state import GATEWAY, Gateway
 from .ws import websocket
@@ -78,26 +78,28 @@ def create_app(settings: GatewaySettings) -> web.Application:
         on_fatal=fatal,
         on_lost=broker_lost,
     )
+    registry = Registry(redis)
     gw = Gateway(
         settings=settings,
         readiness=readiness,
         verifier=TokenVerifier(settings.jwt),
-        registry=Registry(redis),
+        registry=registry,
         broker=broker,
         publisher=CommandPublisher(broker, settings.partitions, linger=settings.flush_linger_ms / 1000),
         hub=hub,
+        lease=Lease(registry, hub, settings.instance_id),
     )
     app[GATEWAY] = gw
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         broker.start()
         gw.publisher.start()
-        refresher = asyncio.create_task(renew_leases(gw), name="lease-renewal")
+        refresher = asyncio.create_task(renew_leases(gw.lease), name="lease-renewal")
         yield
         await cancel_and_wait(refresher)
         await broker.stop_consuming()
         try:
-            await asyncio.wait_for(gw.registry.unregister(settings.instance_id, hub.pairs()), 2)
+            await asyncio.wait_for(gw.lease.release(), 2)
         except REDIS_ERRORS:
             pass
         await broker.close()
@@ -108,7 +110,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         await gw.publisher.close()  # what users sent before shutdown still reaches the writer
         await hub.close_all()  # 1001 going away
 
-    readiness.checks.update(broker=broker.check, redis=gw.registry.check)
+    readiness.checks.update(broker=broker.check, redis=gw.lease.check)
     app.on_shutdown.append(shutdown)
     app.cleanup_ctx.append(resources)
     app.router.add_get("/asyncapi.yaml", asyncapi)

@@ -57,16 +57,21 @@ class Connection:
     closes the socket with 1013. So the close frame queues behind little, and reaches a reader
     that catches up, and a socket holds at most ``BACKLOG_BYTES + OUTBOX_BYTES`` plus a batch."""
 
-    def __init__(self, ws: web.WebSocketResponse, user_id: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, user_id: str, lease: str = "") -> None:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.user_id = user_id
+        self.lease = lease  # the registry lease it is registered under (shared/registry.py)
         self.sent = 0
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_at: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[bool] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._closer is not None
 
     def start(self, transport: asyncio.Transport | None) -> None:
         """Write to ``transport`` (the upgraded request's) from now on."""
@@ -164,9 +169,6 @@ class Hub:
                 del self.by_user[conn.user_id]
                 self.user_limits.pop(conn.user_id, None)
         CONNECTIONS.set(len(self.by_id))
-
-    def pairs(self) -> list[tuple[str, str]]:
-        return [(c.user_id, c.id) for c in self.by_id.values()]
 
     def targets(self, users: list[str], conn: str | None) -> Iterator[Connection]:
         if conn is not None:

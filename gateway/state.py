@@ -13,6 +13,7 @@ from shared.registry import Registry
 from shared.settings import GatewaySettings
 
 from .hub import Hub
+from .leases import Lease
 from .publisher import CommandPublisher
 
 
@@ -25,6 +26,7 @@ class Gateway:
     broker: Broker
     publisher: CommandPublisher
     hub: Hub
+    lease: Lease
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

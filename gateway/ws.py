@@ -12,6 +12,7 @@ from shared.log import get_logger
 from shared.registry import REDIS_ERRORS
 
 from .hub import Connection
+from .leases import SERVICE_RESTART
 from .session import Session
 from .state import GATEWAY, Gateway
 
@@ -22,6 +23,13 @@ HEARTBEAT_SECONDS = 30.0
 
 def _error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
+
+
+async def _unregister(gw: Gateway, conn: Connection) -> None:
+    try:
+        await asyncio.wait_for(gw.registry.unregister(conn.lease, conn.user_id, conn.id), 2)
+    except REDIS_ERRORS:
+        gw.lease.unregister_later(conn)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -53,23 +61,33 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=HEARTBEAT_SECONDS, compress=False)
     if not ws.can_prepare(request).ok:
         return _error_response(400, "not_websocket", "expected a WebSocket upgrade")
-    conn = Connection(ws, identity.user_id)
+    conn = Connection(ws, identity.user_id, gw.lease.id)
     limit = gw.settings.limits.max_connections_per_user
     try:
-        admitted = await asyncio.wait_for(
-            gw.registry.admit(gw.settings.instance_id, identity.user_id, conn.id, limit), 3
-        )
+        admitted = await asyncio.wait_for(gw.registry.admit(conn.lease, identity.user_id, conn.id, limit), 3)
     except REDIS_ERRORS as exc:
         log.warning("ws_register_failed", error=exc.__class__.__name__)
+        await _unregister(gw, conn)  # a timeout may have come after Redis admitted it
         return _error_response(503, "unavailable", "connection registry unavailable, retry")
+    if admitted < 0:
+        return _error_response(503, "unavailable", "gateway is joining the connection registry, retry")
     if not admitted:
         return _error_response(429, "too_many_connections", f"at most {limit} open connections per user")
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        await _unregister(gw, conn)
+        raise
     session = Session(gw, conn, gw.hub.add(conn), identity)
     conn.start(request.transport)
     session.start()
     opened = time.perf_counter()
     try:
+        if conn.lease != gw.lease.id:  # the lease was replaced since admission (rare)
+            try:
+                await asyncio.wait_for(gw.lease.adopt(conn), 3)
+            except REDIS_ERRORS:
+                conn.close_soon(SERVICE_RESTART, "connection registry unavailable")
         async for msg in ws:  # the receive loop also processes pongs (aiohttp #10544)
             if msg.type == WSMsgType.TEXT:
                 session.handle(msg.data)
@@ -81,10 +99,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         gw.hub.remove(conn)
         await session.stop()
         await conn.stop()
-        try:
-            await asyncio.wait_for(gw.registry.unregister(gw.settings.instance_id, [(identity.user_id, conn.id)]), 2)
-        except REDIS_ERRORS:
-            pass  # the lease lapses on its own
+        await _unregister(gw, conn)
         log.info(
             "ws_closed",
             conn=conn.id,

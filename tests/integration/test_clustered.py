@@ -33,7 +33,7 @@ from devtools.cluster import SENTINEL_MASTER, PostgresPair, RabbitCluster, Redis
 from devtools.proxy import TcpProxy
 from devtools.stack import Stack, metric_sum
 from shared.migrate import migrate
-from shared.registry import Registry, now_ms, registry_trusted
+from shared.registry import TRUST_SECONDS, Registry, now_ms, registry_trusted
 
 from ..harness import System, WsClient, token
 from .test_resilience import check_guarantees, pairs_of, reliable_sender, wait_all_received, wait_until
@@ -337,22 +337,28 @@ async def test_a_redis_fail_over_that_lost_leases_makes_notifiers_broadcast_unti
     try:
         await asyncio.to_thread(pair.start)
         master = Registry(aioredis.Redis(port=pair.master.port))
-        assert await master.admit("gw-1", "alice", "c1", 10)
-        await asyncio.sleep(13)  # longer than a refresh interval: the registry is trusted
+        run = await master.take("gw-1|a")
+        assert await master.admit("gw-1|a", "alice", "c1", 10) == 1
+        await asyncio.sleep(TRUST_SECONDS + 1)  # the registry is trusted from now on
+        assert await master.renew("gw-1|a", run) == ("ok", run)
         located, since = await master.instances(["alice"])
         assert located == {"alice": {"gw-1"}} and registry_trusted(since, now_ms())
         await asyncio.to_thread(RedisSentinels.wait_replicating, pair.replica.port)
         replica = aioredis.Redis(port=pair.replica.port)
         await replica.execute_command("REPLICAOF", "NO", "ONE")  # it stops taking the master's writes...
-        assert await master.admit("gw-2", "bob", "c2", 10)  # ...so it misses bob's lease
+        await master.take("gw-2|a")
+        assert await master.admit("gw-2|a", "bob", "c2", 10) == 1  # ...so it misses gateway 2 and bob
         await asyncio.to_thread(pair.master.kill)  # and is what is left: promoted, as Sentinel would
         promoted = Registry(replica)
         located, since = await promoted.instances(["alice", "bob"])
-        assert located == {"alice": {"gw-1"}}  # bob's socket is open, but the registry lost its lease
+        assert located == {"alice": {"gw-1"}}  # bob's socket is open, but the registry lost it
         assert not registry_trusted(since, now_ms())  # so nobody trusts it: the notifier broadcasts
-        assert since >= now_ms() - 1000  # from now, for a full refresh interval of the gateways
+        assert since >= now_ms() - 1000  # from now, until the gateways had time to register again
         assert (await promoted.freshness("carol"))[0] == since  # the query service reads from the primary meanwhile
-        await promoted.register("gw-2", [("bob", "c2")])  # gateway 2's next renewal brings bob back
+        status, new_run = await promoted.renew("gw-2|a", run)  # gateway 2's next renewal finds another server...
+        assert status == "moved" and new_run != run
+        assert await promoted.take("gw-2|b") == new_run  # ...takes a new lease and registers its sockets
+        await promoted.register("gw-2|b", [("bob", "c2")])
         assert (await promoted.instances(["bob"]))[0] == {"bob": {"gw-2"}}
         await replica.aclose()
         await master.redis.aclose()
@@ -422,7 +428,9 @@ async def test_reads_from_a_late_standby_still_show_what_the_user_just_sent(clus
     query = await system.start("query", env=read_url)
     alice, bob = await system.connect("alice"), await system.connect("bob")
     cid = await system.conversation(["alice", "bob"])
-    await asyncio.sleep(12)  # the registry must have run for its freshness window before a standby serves anyone
+    await asyncio.sleep(
+        TRUST_SECONDS + 1
+    )  # the registry must have run for its freshness window before a standby serves anyone
     await alice.send_message(cid, "just now", temp_id="now")
     echo = await alice.wait_frame(type="new-message", tempMessageId="now")
     mine = await _rest(query.url, "alice", f"/conversations/{cid}/messages?limit=10&afterSeq=0")

@@ -177,8 +177,10 @@ async def test_notifier_routes_to_the_gateways_holding_the_recipients(stack):
     await client.flushdb()
     try:
         registry = Registry(client)
-        await registry.register("gw-a", [("alice", "c1")])
-        await registry.register("gw-b", [("bob", "c2"), ("alice", "c3")])
+        for lease in ("gw-a|1", "gw-b|1"):
+            await registry.take(lease)
+        await registry.register("gw-a|1", [("alice", "c1")])
+        await registry.register("gw-b|1", [("bob", "c2"), ("alice", "c3")])
         await client.set("chat:registry:since", 0)  # an old registry: lookups are trusted
         fake = FakePublisher()
         cid = uuid.uuid4()
@@ -227,7 +229,8 @@ async def test_an_event_the_notifier_cannot_route_fails_alone(stack):
     await client.flushdb()
     try:
         registry = Registry(client)
-        await registry.register("gw-a", [("alice", "c1"), ("bob", "c2")])
+        await registry.take("gw-a|1")
+        await registry.register("gw-a|1", [("alice", "c1"), ("bob", "c2")])
         await client.set("chat:registry:since", 0)
 
         class Broken(Registry):
