@@ -18,15 +18,17 @@ from shared import topology
 from shared.amqp import PREFETCH, Broker
 from shared.auth import TokenVerifier
 from shared.log import get_logger
-from shared.ops import access_log, add_routes
+from shared.ops import add_routes
 from shared.registry import REDIS_ERRORS, Registry, redis_client
 from shared.service import fatal
 from shared.settings import GatewaySettings
 from shared.tasks import cancel_and_wait
 
 from .delivery import Deliverer
+from .expiry import Expiries, close_expired
 from .hub import Hub
 from .leases import SERVICE_RESTART, Lease, renew_leases
+from .liveness import keep_alive
 from .publisher import CommandPublisher
 from .state import GATEWAY, Gateway
 from .ws import websocket
@@ -47,7 +49,7 @@ async def asyncapi(request: web.Request) -> web.FileResponse:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(middlewares=[access_log])
+    app = web.Application()
     readiness = add_routes(app, "gateway", ops_port=settings.ops_port, host=settings.host)
     redis = redis_client(settings.redis)
     hub = Hub(settings.limits)
@@ -88,6 +90,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         publisher=CommandPublisher(broker, settings.partitions, linger=settings.flush_linger_ms / 1000),
         hub=hub,
         lease=Lease(registry, hub, settings.instance_id),
+        expiries=Expiries(),
     )
     app[GATEWAY] = gw
 
@@ -95,7 +98,11 @@ def create_app(settings: GatewaySettings) -> web.Application:
         broker.start()
         gw.publisher.start()
         refresher = asyncio.create_task(renew_leases(gw.lease), name="lease-renewal")
+        pinger = asyncio.create_task(keep_alive(hub, settings.heartbeat_seconds), name="liveness")
+        closer = asyncio.create_task(close_expired(gw.expiries), name="token-expiry")
         yield
+        await cancel_and_wait(closer)
+        await cancel_and_wait(pinger)
         await cancel_and_wait(refresher)
         await broker.stop_consuming()
         try:

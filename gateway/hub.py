@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
 
 import prometheus_client
@@ -57,12 +56,29 @@ class Connection:
     closes the socket with 1013. So the close frame queues behind little, and reaches a reader
     that catches up, and a socket holds at most ``BACKLOG_BYTES + OUTBOX_BYTES`` plus a batch."""
 
+    __slots__ = (
+        "id",
+        "ws",
+        "user_id",
+        "lease",
+        "sent",
+        "heard",
+        "quiet",
+        "_transport",
+        "_pending",
+        "_pending_bytes",
+        "_flush_at",
+        "_closer",
+    )
+
     def __init__(self, ws: web.WebSocketResponse, user_id: str, lease: str = "") -> None:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.user_id = user_id
         self.lease = lease  # the registry lease it is registered under (shared/registry.py)
         self.sent = 0
+        self.heard = True  # a frame came in since the last liveness sweep (gateway/liveness.py)
+        self.quiet = 0  # sweeps since the last frame in
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -114,6 +130,11 @@ class Connection:
             self.sent += len(pending)
             FRAMES_SENT.inc(len(pending))
 
+    def abort(self) -> None:
+        """Drop the connection without a close handshake (its peer stopped answering)."""
+        if self._transport is not None:
+            self._transport.abort()
+
     def close_soon(self, code: int, message: str) -> None:
         """Close with ``code``; frames already pushed (e.g. the error that explains a 1008) go
         first, except to a socket closed for not keeping up (1013), which cannot take them."""
@@ -151,12 +172,13 @@ class Hub:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self.by_id: dict[str, Connection] = {}
-        self.by_user: dict[str, set[Connection]] = defaultdict(set)
+        # a tuple per user: most users have one connection, and a set of one costs four times as much
+        self.by_user: dict[str, tuple[Connection, ...]] = {}
         self.user_limits: dict[str, UserLimits] = {}
 
     def add(self, conn: Connection) -> UserLimits:
         self.by_id[conn.id] = conn
-        self.by_user[conn.user_id].add(conn)
+        self.by_user[conn.user_id] = (*self.by_user.get(conn.user_id, ()), conn)
         CONNECTIONS.set(len(self.by_id))
         return self.user_limits.setdefault(conn.user_id, UserLimits(self.limits))
 
@@ -164,8 +186,10 @@ class Hub:
         self.by_id.pop(conn.id, None)
         users = self.by_user.get(conn.user_id)
         if users is not None:
-            users.discard(conn)
-            if not users:
+            left = tuple(c for c in users if c is not conn)
+            if left:
+                self.by_user[conn.user_id] = left
+            else:
                 del self.by_user[conn.user_id]
                 self.user_limits.pop(conn.user_id, None)
         CONNECTIONS.set(len(self.by_id))
@@ -177,7 +201,7 @@ class Hub:
                 yield found
             return
         for user in users:
-            yield from tuple(self.by_user.get(user, ()))
+            yield from self.by_user.get(user, ())
 
     def close_soon_all(self, code: int, message: str) -> None:
         for conn in list(self.by_id.values()):

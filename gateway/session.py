@@ -53,6 +53,21 @@ CLOSED_EXPIRED = prometheus_client.Counter(
 
 
 class Session:
+    __slots__ = (
+        "gw",
+        "conn",
+        "user_id",
+        "limits",
+        "origin",
+        "expires_at",
+        "frames",
+        "strikes",
+        "typing_at",
+        "received",
+        "_deadline",
+        "_authenticating",
+    )
+
     def __init__(self, gw: Gateway, conn: Connection, limits: UserLimits, identity: Identity) -> None:
         self.gw = gw
         self.conn = conn
@@ -60,11 +75,12 @@ class Session:
         self.limits = limits
         self.origin = Origin(gw.settings.instance_id, conn.id)
         self.expires_at = identity.expires_at
-        self.frames = TokenBucket(FRAMES)
-        self.strikes = TokenBucket(STRIKES)
-        self.typing_at: dict[uuid.UUID, float] = {}
+        # made by the first frame, the first refusal: an idle socket costs less
+        self.frames: TokenBucket | None = None
+        self.strikes: TokenBucket | None = None
+        self.typing_at: dict[uuid.UUID, float] | None = None  # made by the first typing frame
         self.received = 0
-        self._expiry: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the token's grace runs out (gateway/expiry.py)
         self._authenticating: asyncio.Task[None] | None = None
 
     # ---- lifetime ------------------------------------------------------------------------
@@ -73,8 +89,9 @@ class Session:
         self._schedule_expiry()
 
     async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        if self._deadline is not None:
+            self.gw.expiries.discard(self, self._deadline)
+            self._deadline = None
         task = self._authenticating
         if task is not None and not task.done():
             task.cancel()
@@ -84,13 +101,12 @@ class Session:
                 pass
 
     def _schedule_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
         deadline = self.expires_at + self.gw.settings.limits.token_grace_seconds
-        delay = max(0.0, deadline - time.time())
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+        self.gw.expiries.set(self, deadline, self._deadline)
+        self._deadline = deadline
 
-    def _expired(self) -> None:
+    def expired(self) -> None:
+        self._deadline = None
         CLOSED_EXPIRED.inc()
         log.info("ws_token_expired", conn=self.conn.id)
         self.conn.close_soon(TOKEN_EXPIRED, "token expired")
@@ -103,6 +119,8 @@ class Session:
         problems with ``{"type":"error","code":...,"message":...}`` (plus the frame's ``action``,
         ``tempMessageId`` or ``messageId``)."""
         self.received += 1
+        if self.frames is None:
+            self.frames = TokenBucket(FRAMES)
         if not self.frames.take():
             self._strike("frames")  # beyond the frame budget: dropped unread, no reply to amplify
             return
@@ -207,6 +225,8 @@ class Session:
     def _typing(self, conversation_id: uuid.UUID) -> None:
         FRAMES_IN_BY["typing"].inc()
         now = time.monotonic()
+        if self.typing_at is None:
+            self.typing_at = {}
         if now - self.typing_at.get(conversation_id, 0.0) < TYPING_INTERVAL:
             return  # ephemeral: extra typing frames are simply dropped
         if not self.limits.allow("typing"):
@@ -235,6 +255,8 @@ class Session:
         self._strike(code)
 
     def _strike(self, why: str) -> None:
+        if self.strikes is None:
+            self.strikes = TokenBucket(STRIKES)
         if not self.strikes.take():
             CLOSED_ABUSIVE.inc()
             log.info("ws_abusive_closed", conn=self.conn.id, reason=why, frames=self.received)

@@ -12,6 +12,7 @@ from shared.ops import Readiness
 from shared.registry import Registry
 from shared.settings import GatewaySettings
 
+from .expiry import Expiries
 from .hub import Hub
 from .leases import Lease
 from .publisher import CommandPublisher
@@ -27,6 +28,7 @@ class Gateway:
     publisher: CommandPublisher
     hub: Hub
     lease: Lease
+    expiries: Expiries
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

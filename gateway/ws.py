@@ -13,12 +13,12 @@ from shared.registry import REDIS_ERRORS
 
 from .hub import Connection
 from .leases import SERVICE_RESTART
+from .liveness import pong
 from .session import Session
 from .state import GATEWAY, Gateway
 
 log = get_logger(__name__)
 MAX_FRAME = 64 * 1024
-HEARTBEAT_SECONDS = 30.0
 
 
 def _error_response(status: int, code: str, message: str) -> web.Response:
@@ -58,7 +58,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
     # No permessage-deflate: chat frames are small, a deflate context costs each socket ~300 KB,
     # and an uncompressed frame is built once for all its recipients (hub.text_frame).
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=HEARTBEAT_SECONDS, compress=False)
+    # No heartbeat of aiohttp's (a timer per socket): gateway/liveness.py sweeps every socket at once.
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, compress=False, autoping=False)
     if not ws.can_prepare(request).ok:
         return _error_response(400, "not_websocket", "expected a WebSocket upgrade")
     conn = Connection(ws, identity.user_id, gw.lease.id)
@@ -88,11 +89,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 await asyncio.wait_for(gw.lease.adopt(conn), 3)
             except REDIS_ERRORS:
                 conn.close_soon(SERVICE_RESTART, "connection registry unavailable")
-        async for msg in ws:  # the receive loop also processes pongs (aiohttp #10544)
+        async for msg in ws:
+            conn.heard = True
             if msg.type == WSMsgType.TEXT:
                 session.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 session.binary()
+            elif msg.type == WSMsgType.PING:
+                conn.push_wire(pong(msg.data))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:

@@ -22,7 +22,7 @@ from shared.auth import AuthError, AuthUnavailable, TokenVerifier
 from shared.db import Database
 from shared.envelope import ConversationCreated
 from shared.log import get_logger
-from shared.ops import access_log, add_routes
+from shared.ops import add_routes
 from shared.registry import Registry, redis_client
 from shared.service import fatal
 from shared.settings import QuerySettings
@@ -241,7 +241,7 @@ def openapi_document() -> bytes:
 
 
 def create_app(settings: QuerySettings) -> web.Application:
-    app = web.Application(middlewares=[access_log, cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[cors(settings.allowed_origins), errors], client_max_size=MAX_BODY)
     readiness = add_routes(app, "query", ops_port=settings.ops_port, host=settings.host)
     db = Database(settings.database_url, statement_cache=settings.db_statement_cache)
 

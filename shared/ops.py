@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from . import stalls
 from .log import get_logger
@@ -71,35 +72,33 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
-@web.middleware
-async def access_log(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """One JSON line per request: method, route, status and duration. Never the query string."""
-    started = time.perf_counter()
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        service = request.app.get(SERVICE, "chat")
-        if route not in ("/healthz", "/readyz", "/metrics"):
-            HTTP_REQUESTS.labels(service, route, str(status)).inc()
-            HTTP_SECONDS.labels(service, route).observe(elapsed)
-            log.info(
-                "http_request",
-                method=request.method,
-                route=route,
-                path=request.path,
-                status=status,
-                ms=round(elapsed * 1000, 2),
-            )
+class AccessLog(AbstractAccessLogger):
+    """One JSON line per request: method, route, status and duration. Never the query string.
+
+    aiohttp calls it once a request is answered (a WebSocket's when it closes). A middleware
+    would do the same but hold a coroutine frame for as long as each request runs: for a
+    gateway, the whole life of every socket."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        match_info = getattr(request, "match_info", None)
+        resource = match_info.route.resource if match_info is not None else None
+        route = resource.canonical if resource is not None else "unmatched"
+        if route in ("/healthz", "/readyz", "/metrics"):
+            return
+        service = request.app.get(SERVICE, "chat") if isinstance(request, web.Request) else "chat"
+        HTTP_REQUESTS.labels(service, route, str(response.status)).inc()
+        HTTP_SECONDS.labels(service, route).observe(time)
+        log.info(
+            "http_request",
+            method=request.method,
+            route=route,
+            path=request.path,
+            status=response.status,
+            ms=round(time * 1000, 2),
+        )
+
+
+ACCESS_LOGGER = logging.getLogger("chat.access")  # aiohttp's switch: AccessLog writes through structlog
 
 
 def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: str = "0.0.0.0") -> Readiness:
@@ -119,12 +118,12 @@ def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: s
     app.cleanup_ctx.append(stalls.watch)
     target = app
     if ops_port:
-        target = web.Application(middlewares=[access_log])
+        target = web.Application()
         target[READINESS] = readiness
         target[SERVICE] = service
 
         async def listener(app: web.Application) -> AsyncIterator[None]:
-            runner = web.AppRunner(target, access_log=None)
+            runner = web.AppRunner(target, access_log_class=AccessLog, access_log=ACCESS_LOGGER)
             await runner.setup()
             await web.TCPSite(runner, host, ops_port).start()
             yield
@@ -139,5 +138,5 @@ def add_routes(app: web.Application, service: str, *, ops_port: int = 0, host: s
 
 def ops_app(service: str) -> tuple[web.Application, Readiness]:
     """A bare app with just the operator routes (writer and notifier serve only these)."""
-    app = web.Application(middlewares=[access_log])
+    app = web.Application()
     return app, add_routes(app, service)

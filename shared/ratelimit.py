@@ -14,6 +14,8 @@ from .settings import Rate
 class TokenBucket:
     """``rate.burst`` tokens at once, refilled at ``rate.per_second``; each allowed action takes one."""
 
+    __slots__ = ("rate", "burst", "tokens", "at")
+
     def __init__(self, rate: Rate, now: float | None = None) -> None:
         self.rate = rate.per_second
         self.burst = float(rate.burst)

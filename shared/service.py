@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import tracing
 from .log import configure, get_logger
+from .ops import ACCESS_LOGGER, AccessLog
 from .settings import Common, SettingsError
 
 S = TypeVar("S", bound=Common)
@@ -71,7 +72,8 @@ def serve(app: web.Application, settings: Common, *, shutdown_timeout: float = 2
         app,
         host=settings.host,
         port=settings.port,
-        access_log=None,
+        access_log_class=AccessLog,
+        access_log=ACCESS_LOGGER,
         print=None,
         shutdown_timeout=shutdown_timeout,
         handle_signals=True,

@@ -47,6 +47,7 @@ VARIABLES: dict[str, str] = {
     "CHAT_RATE_REST_CREATE": "query: POST /conversation per user: per-second rate:burst (default 0.5:30)",
     "CHAT_RATE_REST_SEARCH": "query: GET /search per user: per-second rate:burst (default 2:20)",
     "CHAT_TOKEN_GRACE_SECONDS": "a socket closes with 4001 this long after its token's exp, 0..86400 (default 3600)",
+    "CHAT_WS_HEARTBEAT_SECONDS": "gateway: a socket silent this long is pinged, and dropped if silent half as long again, 2..600 (default 30)",
     "CHAT_OTLP_ENDPOINT": "OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export one trace per message to; unset: tracing off",
     "CHAT_FLUSH_LINGER_MS": "gateway: the longest it holds commands to batch them under load, 0..1000 ms: nothing at 200 commands/s or less, rising to this at 1,000/s; 0 never holds (default 30)",
     "CHAT_DB_STATEMENT_CACHE": "prepared statements cached per database connection, 0..10000 (default 100; 0 behind a pgbouncer older than 1.21 in transaction mode)",
@@ -155,6 +156,7 @@ class GatewaySettings(Common):
     jwt: JwtSettings
     limits: Limits
     flush_linger_ms: int = DEFAULT_FLUSH_LINGER_MS
+    heartbeat_seconds: int = 30  # a socket silent this long is pinged; one that answers nothing is dropped
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -494,6 +496,7 @@ def load_gateway(env: Mapping[str, str] | None = None) -> GatewaySettings:
         jwt=_present(s.jwt),
         limits=s.limits,
         flush_linger_ms=s.flush_linger_ms,
+        heartbeat_seconds=_int(os.environ if env is None else env, "CHAT_WS_HEARTBEAT_SECONDS", 30, 2, 600),
     )
 
 

@@ -289,3 +289,36 @@ async def test_a_flood_of_edits_and_reactions_and_searches_costs_that_user_alone
         assert flooded[:5] == [200] * 5 and flooded.count(429) >= 20, flooded
         assert await search(session, "bob", "findable") == 200
     assert len(echoes(bob)) == 20 and not bob.of_type("error")
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_is_kept(system):
+    """A socket whose peer vanished (no close, no FIN: a laptop lid shut) is pinged after a quiet
+    interval and dropped when it answers nothing, so it stops holding memory and deliveries; a
+    quiet client that answers pings keeps its socket and gets its messages."""
+    await system.start_all(gateways=0)
+    gateway = await system.start("gateway", env={"CHAT_WS_HEARTBEAT_SECONDS": "2"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        f"GET /?Authorization={token('ghost')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    alive = await system.connect("alice")  # aiohttp's client answers pings
+    started = time.monotonic()
+    received = b""
+    try:  # the ghost reads what comes (the pings) but never answers
+        while chunk := await asyncio.wait_for(reader.read(1024), 10):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    dropped_after = time.monotonic() - started
+    writer.close()
+    assert b"\x89\x00" in received  # it was pinged first
+    assert 2 <= dropped_after <= 6, dropped_after  # quiet for an interval, then half an interval to answer
+    await asyncio.sleep(3)  # more sweeps: the live client answers each ping
+    assert alive.closed_code is None
+    cid = await system.conversation(["alice", "bob"])
+    await system.start("gateway")
+    bob = await system.connect("bob", gateway=1)
+    await bob.send_message(cid, "still there?", temp_id="t1")
+    assert (await alive.wait_frame(type="new-message", tempMessageId="t1"))["content"] == "still there?"

@@ -144,6 +144,12 @@ def test_each_service_gets_its_settings_with_what_it_needs_simply_there():
     )
     assert gateway.limits.max_connections_per_user == 10
     assert (gateway.flush_linger_ms, load_gateway({**BASE, "CHAT_FLUSH_LINGER_MS": "0"}).flush_linger_ms) == (30, 0)
+    assert (gateway.heartbeat_seconds, load_gateway({**BASE, "CHAT_WS_HEARTBEAT_SECONDS": "5"}).heartbeat_seconds) == (
+        30,
+        5,
+    )
+    with pytest.raises(SettingsError, match="CHAT_WS_HEARTBEAT_SECONDS"):
+        load_gateway({**BASE, "CHAT_WS_HEARTBEAT_SECONDS": "1"})  # a ping a second per socket: refused
     writer = load_writer(BASE)
     assert (writer.database_url, writer.amqp_urls, writer.redis.url) == (
         BASE["CHAT_DATABASE_URL"],
