@@ -39,6 +39,7 @@ import asyncpg
 import msgspec
 
 from bench import cpu
+from bench.sockets import SECRET, Holders
 from devtools.stack import metric_sum, private_cluster, private_system, service_env, spawn_service, wait_ready
 from shared import stalls
 from shared.auth import mint
@@ -47,7 +48,6 @@ from shared.registry import TRUST_SECONDS
 from shared.service import install_uvloop, tune_gc
 from shared.settings import DEFAULT_PARTITIONS
 
-SECRET = "bench-secret-bench-secret-bench-secret-0123"
 BIN = Path(sys.executable).parent
 
 
@@ -419,6 +419,13 @@ async def main_async(args: argparse.Namespace) -> None:
             await start_peer(stack, state, procs, args.peer_conn_max_age)
         else:
             await start_services(env, args, state, procs, gateway_ports, ports)
+        if args.idle:  # idle sockets of other users beside the active ones (bench/sockets.py)
+            holders = Holders(gateway_ports, args.idle, 10_000)
+            procs.extend(holders.procs)  # stopped with the services
+            connected, failed = await asyncio.to_thread(holders.opened)
+            print(
+                f"# {connected} idle sockets held ({failed} failed), {holders.rss() / 2**20:.0f} MiB in their holders"
+            )
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             users = [f"u{i}" for i in range(args.users)]
             conversations = [str(uuid.uuid4()) for _ in range(0, len(users), args.size)]
@@ -572,6 +579,7 @@ def main() -> None:
         "--chars", type=int, default=100, help="characters per message (issue 11's scenario: 100; until 2026-11-29: 40)"
     )
     parser.add_argument("--gateways", type=int, default=1)
+    parser.add_argument("--idle", type=int, default=0, help="idle sockets of other users held open meanwhile")
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--notifiers", type=int, default=1)
     parser.add_argument(
