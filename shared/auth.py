@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from .settings import JwtSettings
 from .untrusted import storable
 
 LEEWAY_SECONDS = 30
+VERIFIED = 10_000  # tokens remembered once verified, per process (a few MB at most)
+VERIFIED_SECONDS = 300.0
 MAX_USER_ID_LENGTH = 50
 
 
@@ -131,7 +134,14 @@ class Identity:
 
 
 class TokenVerifier:
-    """Turns a raw token into the user id it names, or raises AuthError / AuthUnavailable."""
+    """Turns a raw token into the user id it names, or raises AuthError / AuthUnavailable.
+
+    A token that verified is remembered (the ``VERIFIED`` most recently used, by its exact text)
+    for ``VERIFIED_SECONDS``, or the JWKS cache's ``max_age`` if shorter, and never past its
+    ``exp`` (plus the leeway the check allows): a client polling with one token is checked once,
+    not on every request, and a key removed from the JWKS stops verifying as soon as it did
+    before. Refusals are never remembered.
+    """
 
     def __init__(self, settings: JwtSettings, jwks: JwksCache | None = None) -> None:
         self.settings = settings
@@ -139,6 +149,8 @@ class TokenVerifier:
         if settings.jwks_url and jwks is None:
             jwks = JwksCache(settings.jwks_url)
         self.jwks = jwks
+        self.remember = min(VERIFIED_SECONDS, jwks.max_age) if jwks is not None else VERIFIED_SECONDS
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()  # token -> (identity, until)
 
     async def close(self) -> None:
         if self.jwks is not None:
@@ -152,6 +164,20 @@ class TokenVerifier:
             raise AuthError("missing token")
         if token.lower().startswith("bearer "):
             token = token[7:].strip()
+        known = self._verified.get(token)
+        if known is not None:
+            identity, until = known
+            if time.monotonic() < until and time.time() <= identity.expires_at + LEEWAY_SECONDS:
+                self._verified.move_to_end(token)
+                return identity
+            del self._verified[token]
+        identity = await self._check(token)
+        self._verified[token] = (identity, time.monotonic() + self.remember)
+        if len(self._verified) > VERIFIED:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _check(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except Exception:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -79,6 +80,10 @@ class AccessLog(AbstractAccessLogger):
     would do the same but hold a coroutine frame for as long as each request runs: for a
     gateway, the whole life of every socket."""
 
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         match_info = getattr(request, "match_info", None)
         resource = match_info.route.resource if match_info is not None else None
@@ -86,8 +91,15 @@ class AccessLog(AbstractAccessLogger):
         if route in ("/healthz", "/readyz", "/metrics"):
             return
         service = request.app.get(SERVICE, "chat") if isinstance(request, web.Request) else "chat"
-        HTTP_REQUESTS.labels(service, route, str(response.status)).inc()
-        HTTP_SECONDS.labels(service, route).observe(time)
+        key = (service, route, response.status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds its key: once per route and status
+            children = self._children[key] = (
+                HTTP_REQUESTS.labels(service, route, str(response.status)),
+                HTTP_SECONDS.labels(service, route),
+            )
+        children[0].inc()
+        children[1].observe(time)
         log.info(
             "http_request",
             method=request.method,

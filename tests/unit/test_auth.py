@@ -318,3 +318,47 @@ async def test_token_use_is_checked_when_configured():
     for wrong in ({"token_use": "access"}, {}):
         with pytest.raises(AuthError):
             await verifier.verify(jwt.encode(claims(**wrong), SECRET, algorithm="HS256"))
+
+
+async def test_a_verified_token_is_checked_once_never_past_its_exp_and_refusals_are_not_remembered(monkeypatch):
+    """A client polling with one token costs one signature check, not one a request; but the
+    memory never outlives the token (nor makes a refused token pass)."""
+    import shared.auth as auth
+
+    decodes = []
+    original = jwt.decode
+
+    def counting(*args, **kwargs):
+        decodes.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(auth.jwt, "decode", counting)
+    verifier = TokenVerifier(HS)
+    exp = int(time.time()) + 5
+    token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
+    for _ in range(3):
+        assert (await verifier.identify(token)).user_id == "alice"
+    assert len(decodes) == 1
+    with monkeypatch.context() as later:
+        later.setattr(auth.time, "time", lambda: exp + auth.LEEWAY_SECONDS + 1)
+        try:
+            await verifier.identify(token)
+        except AuthError:
+            pass
+    assert len(decodes) == 2  # past exp (and the leeway) it is checked again, not served from memory
+    forged = jwt.encode(claims(), "another-secret-another-secret-1234", algorithm="HS256")
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            await verifier.identify(forged)
+    assert len(decodes) == 4
+
+
+async def test_the_verified_tokens_remembered_are_bounded(monkeypatch):
+    import shared.auth as auth
+
+    monkeypatch.setattr(auth, "VERIFIED", 2)
+    verifier = TokenVerifier(HS)
+    tokens = [mint(SECRET, user) for user in ("a", "b", "c")]
+    for token in tokens:
+        await verifier.identify(token)
+    assert list(verifier._verified) == tokens[1:]  # the least recently used went
