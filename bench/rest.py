@@ -12,14 +12,23 @@ search`` runs ``GET /search`` for kinds of terms (common, rare, Korean inside a 
 Chinese character, two words, none found, a short rare Latin term, and a mix of all) at each of
 ``--search-clients`` and prints the plan of each.
 
+``--cases poll`` runs what every open PageNow extension and chat page ask most: the badge poll
+(``GET /conversations?isRead=false`` of a user in 50 conversations, 6 unread), a list page and a
+50-message history page, at each of ``--rates`` (0: as fast as answered; otherwise wrk waits
+between requests to offer about that many a second). ``--auth rs256`` signs the tokens with an
+RSA key the query service fetches from a JWKS served by the benchmark, as from an identity
+provider. ``--load wrk`` (Debian's ``wrk``) costs the two cores far less than the Python client.
+
     python -m bench.rest --messages 1000000 --conversations 10000 --mine 1000 --clients 50 --seconds 20
     python -m bench.rest --cases search --search-clients 1,20 --seconds 10
+    python -m bench.rest --cases poll --rates 0,2000 --clients 50 --seconds 15 --load wrk --auth rs256
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import sys
@@ -29,6 +38,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devtools.stack import private_system, spawn_service, wait_ready
 from query import paging, store
@@ -36,6 +48,7 @@ from shared.auth import mint
 from shared.service import install_uvloop
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
+JWKS_PORT = 26650
 BIN = Path(sys.executable).parent
 
 # (statement, the arguments it takes): conversations, mine, per_conversation
@@ -85,6 +98,13 @@ SEED = [
         """UPDATE participants p SET last_read_seq = abs(hashtext(p.conversation_id::text)) % $1::int
         WHERE p.user_id = 'me'""",
         ("per_conversation",),
+    ),
+    (  # PageNow's badge poll: a user in 50 conversations, 6 of them unread
+        """INSERT INTO participants (conversation_id, user_id, last_read_seq, last_sent_at)
+        SELECT id, 'badge', CASE WHEN rn <= 6 THEN last_seq - 3 ELSE last_seq END, last_sent_at
+        FROM (SELECT id, last_seq, last_sent_at, row_number() OVER (ORDER BY id DESC) AS rn FROM conversations) c
+        WHERE rn <= 50""",
+        (),
     ),
     ("ANALYZE", ()),
 ]
@@ -164,8 +184,9 @@ async def explain_searches(dsn: str) -> None:
         await conn.close()
 
 
-async def hammer(session: aiohttp.ClientSession, urls: list[str], make_path, clients: int, seconds: float) -> dict:
-    token = mint(SECRET, "me")
+async def hammer(
+    session: aiohttp.ClientSession, urls: list[str], make_path, clients: int, seconds: float, token: str
+) -> dict:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -197,6 +218,7 @@ WRK_SCRIPT = """
 local paths = {%s}
 local headers = {["Authorization"] = "%s"}
 request = function() return wrk.format("GET", paths[math.random(#paths)], headers) end
+%s
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %%d %%d %%d %%.3f %%.3f\\n", summary.requests, summary.duration,
     summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout,
@@ -205,13 +227,18 @@ end
 """
 
 
-async def hammer_wrk(state: Path, urls: list[str], make_path, clients: int, seconds: float) -> dict:
+async def hammer_wrk(
+    state: Path, urls: list[str], make_path, clients: int, seconds: float, token: str, rate: float = 0
+) -> dict:
     """The same closed loop from ``wrk`` (one thread per query instance): a client that costs little
     CPU, so the two cores go to the query service and Postgres. Paths are drawn from 2,000 of
-    ``make_path``'s."""
+    ``make_path``'s. With ``rate``, each connection waits ``clients / rate`` between requests, so
+    about ``rate`` requests a second are offered while answers are fast (wrk's ``delay``: a slow
+    answer still delays the next request, so it is not a true open loop)."""
     paths = ", ".join('"' + make_path().replace("\\", "\\\\").replace('"', '\\"') + '"' for _ in range(2000))
     script = state / "wrk.lua"
-    script.write_text(WRK_SCRIPT % (paths, mint(SECRET, "me")))
+    pacing = f"delay = function() return {1000 * clients / rate:.3f} end" if rate else ""
+    script.write_text(WRK_SCRIPT % (paths, token, pacing))
     runs = [
         await asyncio.create_subprocess_exec(
             "wrk",
@@ -249,11 +276,13 @@ async def main_async(args: argparse.Namespace) -> None:
             f"in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
+        signer = Signer(args.auth)
+        await signer.start()
         env = {
             **os.environ,
+            **signer.env(),
             "CHAT_DATABASE_URL": dsn,
             "CHAT_AMQP_URL": stack.rabbitmq.url(),
-            "CHAT_JWT_SECRET": SECRET,
             "CHAT_HOST": "127.0.0.1",
             "CHAT_LOG_LEVEL": "warning",
             # every request is the one user's: the per-user REST limit would answer most of them 429
@@ -278,35 +307,88 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"/conversations/{random.choice(mine)}/messages?limit=50&beforeSeq={random.randint(51, 100)}"
                 ),
             }
-            runs: list[tuple[str, object, int]] = []
+            polls = {
+                "GET /conversations?isRead=false (badge poll: 50, 6 unread)": lambda: "/conversations?isRead=false",
+                "GET /conversations?limit=20": reads["GET /conversations?limit=20"],
+                "GET /conversations/{id}/messages?limit=50&offset=0": reads[
+                    "GET /conversations/{id}/messages?limit=50&offset=0"
+                ],
+            }
+            runs: list[tuple[str, object, int, str, float]] = []
             if args.cases in ("all", "reads"):
-                runs += [(name, path, args.clients) for name, path in reads.items()]
+                runs += [(name, path, args.clients, "me", 0.0) for name, path in reads.items()]
+            if args.cases == "poll":
+                for rate in (float(r) for r in args.rates.split(",")):
+                    for name, path in polls.items():
+                        runs.append((name, path, args.clients, "badge" if "badge" in name else "me", rate))
             if args.cases in ("all", "search"):
                 await explain_searches(dsn)
                 kinds = {name: [terms] for name, terms in SEARCHES.items()}
                 kinds["mix of the above"] = list(SEARCHES.values())
                 for clients in (int(n) for n in args.search_clients.split(",")):
-                    runs += [(f"search: {name}", _searcher(terms), clients) for name, terms in kinds.items()]
+                    runs += [(f"search: {name}", _searcher(terms), clients, "me", 0.0) for name, terms in kinds.items()]
             print(
-                f"# {args.instances} query instance(s), {args.seconds}s per endpoint, load from {args.load}; "
-                f"{os.cpu_count()} cores"
+                f"# {args.instances} query instance(s), {args.seconds}s per endpoint, load from {args.load}, "
+                f"{args.auth} tokens; {os.cpu_count()} cores"
             )
-            print(f"{'endpoint':58} {'clients':>7} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
-            for name, path, clients in runs:
+            print(
+                f"{'endpoint':58} {'clients':>7} {'offered':>8} {'req/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}"
+            )
+            for name, path, clients, user, rate in runs:
+                token = signer.token(user)
                 if args.load == "wrk":
-                    await hammer_wrk(state, urls, path, clients, 2)  # warm-up
-                    result = await hammer_wrk(state, urls, path, clients, args.seconds)
+                    await hammer_wrk(state, urls, path, clients, 2, token, rate)  # warm-up
+                    result = await hammer_wrk(state, urls, path, clients, args.seconds, token, rate)
                 else:
-                    await hammer(session, urls, path, clients, 2)  # warm-up
-                    result = await hammer(session, urls, path, clients, args.seconds)
+                    await hammer(session, urls, path, clients, 2, token)  # warm-up
+                    result = await hammer(session, urls, path, clients, args.seconds, token)
+                offered = f"{rate:.0f}" if rate else "max"
                 print(
-                    f"{name:58} {clients:>7} {result['rps']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8} "
-                    f"{result['errors']:>6}",
+                    f"{name:58} {clients:>7} {offered:>8} {result['rps']:>8} {result['p50_ms']:>8} "
+                    f"{result['p99_ms']:>8} {result['errors']:>6}",
                     flush=True,
                 )
             if args.hold:
                 print(f"# holding: query at {' '.join(urls)}, Postgres at {dsn}; Ctrl-C to stop", flush=True)
                 await asyncio.Event().wait()
+        await signer.close()
+
+
+class Signer:
+    """Tokens for the benchmark's users: HS256 with the shared secret, or RS256 with a key the
+    query service fetches from a JWKS served here (port 26650), as from an identity provider."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rs256" else None
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self.key is None:
+            return
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwks = {"keys": [{**jwk, "kid": "bench", "alg": "RS256", "use": "sig"}]}
+        app = web.Application()
+        app.router.add_get("/jwks.json", lambda request: web.json_response(jwks))
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", JWKS_PORT).start()
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def env(self) -> dict[str, str]:
+        if self.key is None:
+            return {"CHAT_JWT_SECRET": SECRET}
+        return {"CHAT_JWT_JWKS_URL": f"http://127.0.0.1:{JWKS_PORT}/jwks.json", "CHAT_JWT_ALGORITHMS": "RS256"}
+
+    def token(self, user: str) -> str:
+        if self.key is None:
+            return mint(SECRET, user)
+        now = int(time.time())
+        claims = {"cognito:username": user, "iat": now, "exp": now + 24 * 3600}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "bench"})
 
 
 def _searcher(kinds: list[list[str]]):
@@ -321,7 +403,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument("--cases", choices=("all", "reads", "search"), default="all")
+    parser.add_argument("--cases", choices=("all", "reads", "search", "poll"), default="all")
+    parser.add_argument("--auth", choices=("hs256", "rs256"), default="hs256", help="rs256: keys from a local JWKS")
+    parser.add_argument(
+        "--rates", default="0", help="poll: comma-separated request rates to offer (0: as fast as answered)"
+    )
     parser.add_argument("--load", choices=("python", "wrk"), default="python", help="the client: aiohttp here, or wrk")
     parser.add_argument("--hold", action="store_true", help="keep the servers up afterwards, until Ctrl-C")
     parser.add_argument("--search-clients", default="1,20", help="comma-separated client counts for the searches")
