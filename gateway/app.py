@@ -84,7 +84,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     gw = Gateway(
         settings=settings,
         readiness=readiness,
-        verifier=TokenVerifier(settings.jwt),
+        # a socket's token is checked once anyway: remembering tokens would cost each socket ~0.5 KB
+        verifier=TokenVerifier(settings.jwt, remembered=0),
         registry=registry,
         broker=broker,
         publisher=CommandPublisher(broker, settings.partitions, linger=settings.flush_linger_ms / 1000),

@@ -89,7 +89,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 await asyncio.wait_for(gw.lease.adopt(conn), 3)
             except REDIS_ERRORS:
                 conn.close_soon(SERVICE_RESTART, "connection registry unavailable")
-        async for msg in ws:
+        while True:  # not ``async for``: its __anext__ frame would stay with every idle socket
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             conn.heard = True
             if msg.type == WSMsgType.TEXT:
                 session.handle(msg.data)

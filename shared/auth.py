@@ -143,8 +143,9 @@ class TokenVerifier:
     before. Refusals are never remembered.
     """
 
-    def __init__(self, settings: JwtSettings, jwks: JwksCache | None = None) -> None:
+    def __init__(self, settings: JwtSettings, jwks: JwksCache | None = None, *, remembered: int = VERIFIED) -> None:
         self.settings = settings
+        self.remembered = remembered  # 0: check every token (the gateway sees each once per socket)
         self.algorithms = list(settings.algorithms)
         if settings.jwks_url and jwks is None:
             jwks = JwksCache(settings.jwks_url)
@@ -172,9 +173,10 @@ class TokenVerifier:
                 return identity
             del self._verified[token]
         identity = await self._check(token)
-        self._verified[token] = (identity, time.monotonic() + self.remember)
-        if len(self._verified) > VERIFIED:
-            self._verified.popitem(last=False)
+        if self.remembered:
+            self._verified[token] = (identity, time.monotonic() + self.remember)
+            if len(self._verified) > self.remembered:
+                self._verified.popitem(last=False)
         return identity
 
     async def _check(self, token: str) -> Identity:

@@ -353,12 +353,12 @@ async def test_a_verified_token_is_checked_once_never_past_its_exp_and_refusals_
     assert len(decodes) == 4
 
 
-async def test_the_verified_tokens_remembered_are_bounded(monkeypatch):
-    import shared.auth as auth
-
-    monkeypatch.setattr(auth, "VERIFIED", 2)
-    verifier = TokenVerifier(HS)
+async def test_the_verified_tokens_remembered_are_bounded():
+    verifier = TokenVerifier(HS, remembered=2)
     tokens = [mint(SECRET, user) for user in ("a", "b", "c")]
     for token in tokens:
         await verifier.identify(token)
     assert list(verifier._verified) == tokens[1:]  # the least recently used went
+    gateways = TokenVerifier(HS, remembered=0)
+    assert (await gateways.identify(tokens[0])).user_id == "a"
+    assert not gateways._verified  # the gateway's remembers nothing
