@@ -33,19 +33,11 @@ async def sign_in(page, url: str, user: str) -> None:
 
 
 async def test_two_people_chat_in_the_browser(system):
-    await system.start("writer")
-    await system.start("notifier")
-    gateway_a = await system.start("gateway")
-    gateway_b = await system.start("gateway")
-    gateways = f"ws://127.0.0.1:{gateway_a.port}/,ws://127.0.0.1:{gateway_b.port}/"
-    query = await system.start("query", env={"CHAT_DEV_LOGIN": "true", "CHAT_WEB_GATEWAYS": gateways})
+    query, gateway_a, gateway_b = await start_with_two_gateways(system)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
-            alice = await (await browser.new_context(viewport={"width": 1100, "height": 700})).new_page()
-            bob = await (await browser.new_context(viewport={"width": 1100, "height": 700})).new_page()
-            await sign_in(alice, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway_a.port}/", "alice")
-            await sign_in(bob, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway_b.port}/", "bob")
+            alice, bob = await alice_and_bob(browser, query, gateway_a, gateway_b, height=700)
 
             # alice starts a direct conversation; bob sees it appear live
             await alice.get_by_label("With (user ids, comma-separated)").fill("bob")
@@ -112,6 +104,16 @@ async def start_with_two_gateways(system):
     return query, gateway_a, gateway_b
 
 
+async def alice_and_bob(browser, query, gateway_a, gateway_b, height: int):
+    """Two browser contexts, alice on gateway a and bob on gateway b, both signed in."""
+    pages = []
+    for user, gateway in (("alice", gateway_a), ("bob", gateway_b)):
+        page = await (await browser.new_context(viewport={"width": 1100, "height": height})).new_page()
+        await sign_in(page, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway.port}/", user)
+        pages.append(page)
+    return pages
+
+
 async def write(page, text: str) -> None:
     await page.get_by_label("Message", exact=True).fill(text)
     await page.get_by_label("Message", exact=True).press("Enter")
@@ -124,10 +126,7 @@ async def test_edit_delete_react_and_search_in_the_browser(system):
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
-            alice = await (await browser.new_context(viewport={"width": 1100, "height": 800})).new_page()
-            bob = await (await browser.new_context(viewport={"width": 1100, "height": 800})).new_page()
-            await sign_in(alice, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway_a.port}/", "alice")
-            await sign_in(bob, f"{query.url}/app/?gateway=ws://127.0.0.1:{gateway_b.port}/", "bob")
+            alice, bob = await alice_and_bob(browser, query, gateway_a, gateway_b, height=800)
             await alice.get_by_label("With (user ids, comma-separated)").fill("bob")
             await alice.get_by_role("button", name="Start").click()
             await expect(alice.locator("#conversation-title")).to_have_text("bob")
