@@ -25,6 +25,19 @@ async def rest(system: System, method: str, path: str, user: str = "alice", **kw
             return resp.status, await resp.json()
 
 
+async def bystander_chat(
+    sender: WsClient, receiver: WsClient, cid: uuid.UUID, words: str, latencies: list[float]
+) -> None:
+    """20 messages, a tenth of a second apart, each timed from send to the other's socket."""
+    loop = asyncio.get_running_loop()
+    for i in range(20):
+        started = loop.time()
+        await sender.send_message(cid, f"{words} {i}", temp_id=f"b{i}")
+        await receiver.wait_frame(type="new-message", tempMessageId=f"b{i}")
+        latencies.append(loop.time() - started)
+        await asyncio.sleep(0.1)
+
+
 async def test_unstorable_or_malformed_input_gets_a_clear_error_and_stores_nothing(system):
     await system.start_all(query=True)
     alice = await system.connect("alice")
@@ -93,16 +106,10 @@ async def test_a_flood_from_one_user_costs_that_user_alone(system):
     bob, dave = await system.connect("bob"), await system.connect("dave")
     victim = await system.conversation(["mallory", "carol"])
     bystanders = await system.conversation(["bob", "dave"])
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
 
     async def chat() -> None:
-        for i in range(20):
-            started = loop.time()
-            await bob.send_message(bystanders, f"hello {i}", temp_id=f"b{i}")
-            await dave.wait_frame(type="new-message", tempMessageId=f"b{i}")
-            latencies.append(loop.time() - started)
-            await asyncio.sleep(0.1)
+        await bystander_chat(bob, dave, bystanders, "hello", latencies)
 
     async def flood() -> None:
         for i in range(4000):
@@ -242,16 +249,10 @@ async def test_a_flood_of_edits_and_reactions_and_searches_costs_that_user_alone
     bystanders = await system.conversation(["bob", "dave"])
     await mallory.send_message(victim, "original", temp_id="m0")
     message_id = (await carol.wait_frame(type="new-message", tempMessageId="m0"))["messageId"]
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
 
     async def chat() -> None:
-        for i in range(20):
-            started = loop.time()
-            await bob.send_message(bystanders, f"findable {i}", temp_id=f"b{i}")
-            await dave.wait_frame(type="new-message", tempMessageId=f"b{i}")
-            latencies.append(loop.time() - started)
-            await asyncio.sleep(0.1)
+        await bystander_chat(bob, dave, bystanders, "findable", latencies)
 
     async def flood() -> None:
         for i in range(3000):
