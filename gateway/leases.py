@@ -1,7 +1,8 @@
 """This gateway's lease in Redis (shared/registry.py): one renewal every ``REFRESH_SECONDS``,
 whatever the number of sockets.
 
-- ``ok``: the lease is extended for ``LEASE_SECONDS``; then one step of sweeping dead leases.
+- ``ok``: the lease is extended for ``LEASE_SECONDS``. Then, apart (its failures are not the
+  renewal's), closed sockets Redis missed are unregistered and dead leases swept.
 - ``moved``: Redis restarted or failed over (or this is the first renewal). A new lease is
   taken and every socket registered under it, in batches, between which the event loop serves
   everyone else; the notifier broadcasts meanwhile, so nothing is missed. The old lease is
@@ -32,6 +33,7 @@ SERVICE_RESTART = 1012
 MARGIN_SECONDS = 5.0  # close this long before the lease would lapse
 REGISTER_BATCH = 500  # sockets registered again per Redis call after a move
 LEFTOVER_LIMIT = 100_000  # closed sockets remembered for unregistering once Redis is back
+LEFTOVER_BATCH = 1000  # of them unregistered after each renewal
 SWEEP_STEPS = 20  # sweep steps per renewal (each frees up to shared.registry.SWEEP_USERS users)
 
 LAPSED = prometheus_client.Counter(
@@ -77,14 +79,19 @@ class Lease:
                 MOVES.inc()
                 log.warning("registry_moved", connections=len(self.hub.by_id), run=run)
         self.held = True
-        while self._leftover:
-            conn_id, (lease, user_id) = next(iter(self._leftover.items()))
-            await self.registry.unregister(lease, user_id, conn_id)
-            del self._leftover[conn_id]
         await self._register_again()
         while self._retired:
             await self.registry.retire(self._retired[-1])
             self._retired.pop()
+
+    async def tidy(self) -> None:
+        """Work that can wait for the next renewal, kept out of the renewal itself (a backlog here
+        must never look like a lease that cannot be renewed): closed sockets Redis missed, a
+        bounded number at a time, then a few steps of sweeping dead leases."""
+        for _ in range(min(len(self._leftover), LEFTOVER_BATCH)):
+            conn_id, (lease, user_id) = next(iter(self._leftover.items()))
+            await self.registry.unregister(lease, user_id, conn_id)
+            del self._leftover[conn_id]
         for _ in range(SWEEP_STEPS):
             if not await self.registry.sweep():
                 break
@@ -136,6 +143,10 @@ async def renew_leases(lease: Lease) -> None:
             await asyncio.wait_for(lease.renew(), 10)
             renewed_at = time.monotonic()
             delay = float(REFRESH_SECONDS)
+            try:
+                await asyncio.wait_for(lease.tidy(), 5)
+            except REDIS_ERRORS as exc:
+                log.warning("lease_tidy_failed", error=exc.__class__.__name__)
         except REDIS_ERRORS as exc:
             log.warning("lease_refresh_failed", error=exc.__class__.__name__)
             delay = 1.0
