@@ -6,11 +6,13 @@ a participant gets 404, exactly as if the conversation did not exist.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
@@ -19,7 +21,7 @@ from shared import frames, topology
 from shared.amqp import Broker, Unavailable
 from shared.announce import publish_events
 from shared.auth import AuthError, AuthUnavailable, TokenVerifier
-from shared.db import Database
+from shared.db import Conn, Database
 from shared.envelope import ConversationCreated
 from shared.log import get_logger
 from shared.ops import add_routes
@@ -38,6 +40,9 @@ log = get_logger(__name__)
 
 SEARCH_CONNECTIONS = 4
 CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+
+
+MessagesRead = Callable[[Conn, uuid.UUID, str], Awaitable[list[asyncpg.Record] | None]]
 
 
 class Query:
@@ -107,22 +112,22 @@ class Query:
 
         -> ``[{"messageId","conversationId","sentAt","senderId","content","seq"}]``.
         """
-        user = await self.caller(request)
-        cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
         page = paging.history(request.query)
-        rows = await self.reads.run(user, lambda conn: store.history(conn, cid, user, page))
-        if rows is None:
-            raise ApiError(404, "not_found", "no such conversation")
-        return json_response([_history_item(r) for r in rows])
+        return await self._messages(request, lambda conn, cid, user: store.history(conn, cid, user, page))
 
     async def list_changes(self, request: web.Request) -> web.Response:
         """``GET /conversations/{id}/changes?after=N[&limit=L]`` -> ``[history item, ...]``: the messages
         whose latest change is after N, in change order, each once, as it is now (new, edited, deleted
         or reacted to). A client that reconnects applies them on top of what it has."""
+        page = paging.changes(request.query)
+        return await self._messages(request, lambda conn, cid, user: store.changes(conn, cid, user, page))
+
+    async def _messages(self, request: web.Request, read: MessagesRead) -> web.Response:
+        """The history items ``read`` finds in the conversation of the path, or 404 (``read``
+        returns None when the caller is not in it, so nobody learns it exists)."""
         user = await self.caller(request)
         cid = requests.parse_uuid(request.match_info["conversation_id"], "conversationId")
-        page = paging.changes(request.query)
-        rows = await self.reads.run(user, lambda conn: store.changes(conn, cid, user, page))
+        rows = await self.reads.run(user, lambda conn: read(conn, cid, user))
         if rows is None:
             raise ApiError(404, "not_found", "no such conversation")
         return json_response([_history_item(r) for r in rows])
