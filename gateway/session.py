@@ -119,10 +119,7 @@ class Session:
         problems with ``{"type":"error","code":...,"message":...}`` (plus the frame's ``action``,
         ``tempMessageId`` or ``messageId``)."""
         self.received += 1
-        if self.frames is None:
-            self.frames = TokenBucket(FRAMES)
-        if not self.frames.take():
-            self._strike("frames")  # beyond the frame budget: dropped unread, no reply to amplify
+        if not self.within_budget():
             return
         try:
             frame = frames.parse(text)
@@ -184,8 +181,19 @@ class Session:
                 message_id=frame.message_id,
             )
 
+    def within_budget(self) -> bool:
+        """Count one frame of any kind (text, binary, ping, pong) against the connection's budget;
+        beyond it the frame is dropped unread, with no reply to amplify, and it is a strike."""
+        if self.frames is None:
+            self.frames = TokenBucket(FRAMES)
+        if self.frames.take():
+            return True
+        self._strike("frames")
+        return False
+
     def binary(self) -> None:
-        self._refuse("invalid_frame", "frames must be JSON text")
+        if self.within_budget():
+            self._refuse("invalid_frame", "frames must be JSON text")
 
     def _command(
         self,

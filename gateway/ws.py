@@ -37,7 +37,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
     Refused before the upgrade: 401 ``unauthorized``, 403 ``forbidden_origin``, 429
     ``too_many_connections`` (the user holds ``CHAT_MAX_CONNECTIONS_PER_USER`` sockets across
-    every gateway), 503 ``unavailable`` (shutting down, or not connected to the broker or Redis). Frames: see :meth:`gateway.session.Session.handle`.
+    every gateway), 503 ``unavailable`` (shutting down, or not connected to the broker or Redis).
+    Frames: see :meth:`gateway.session.Session.handle`; pings and pongs count against the same
+    per-connection frame budget.
     """
     gw: Gateway = request.app[GATEWAY]
     origin = request.headers.get("Origin")
@@ -98,8 +100,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 session.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 session.binary()
-            elif msg.type == WSMsgType.PING:
-                conn.push_wire(pong(msg.data))
+            elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
+                if session.within_budget() and msg.type == WSMsgType.PING:  # a ping flood costs its sender
+                    conn.push_wire(pong(msg.data))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:

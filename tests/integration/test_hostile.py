@@ -323,3 +323,23 @@ async def test_a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_is_ke
     bob = await system.connect("bob", gateway=1)
     await bob.send_message(cid, "still there?", temp_id="t1")
     assert (await alive.wait_frame(type="new-message", tempMessageId="t1"))["content"] == "still there?"
+
+
+async def test_a_ping_flood_costs_its_sender_the_connection_and_a_bystander_nothing(system):
+    """Pings are frames too: they draw from the connection's frame budget, so a client that
+    floods them (each would be answered with a pong) is closed with 1008 like any flooder,
+    while another user's messages keep flowing."""
+    await system.start_all()
+    mallory, bob, dave = [await system.connect(u) for u in ("mallory", "bob", "dave")]
+    bystanders = await system.conversation(["bob", "dave"])
+    latencies: list[float] = []
+
+    async def flood() -> None:
+        for _ in range(5000):
+            if mallory.ws.closed:
+                return
+            await mallory.ws.ping(b"x" * 100)
+
+    await asyncio.gather(flood(), bystander_chat(bob, dave, bystanders, "hello", latencies))
+    assert await mallory.wait_closed() == 1008
+    assert len(latencies) == 20 and max(latencies) < 1.0, latencies
